@@ -1,0 +1,349 @@
+"""``mlops-ray``: parses arguments, loads config, calls one function. No pipeline logic here.
+
+Exit codes (../shared/CONTRACTS.md): 0 success; 1 a stage failed (the message names the stage
+and the resume command); 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlops_ray.errors import ConfigError, EnvironmentSetupError, MlopsRayError, RegistryError, StageError
+
+app = typer.Typer(help="mlops_ray: Spark preprocessing, Ray Tune training, MLflow registry, Ray Serve deployment.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Validate or print a config.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+runs_app = typer.Typer(help="Run records.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML (default: the bundled flights config).")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        logging.getLogger("mlops_ray").setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Optional[Path]):
+    from mlops_ray.config import load_config
+
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+
+class _StageProgress:
+    """Prints one line per stage start/end with its duration and headline figures."""
+
+    def __init__(self):
+        self._status = None
+
+    def __call__(self, stage: str, event: str, payload: dict[str, Any]) -> None:
+        if event == "start":
+            self._status = console.status(f"[bold]{stage}[/] running...")
+            self._status.start()
+            return
+        if self._status is not None:
+            self._status.stop()
+        if event == "done":
+            console.print(f"[green]✓[/] {stage:<10} {payload['duration_s']:7.1f} s  {_headline(stage, payload['outputs'])}")
+        else:
+            console.print(f"[red]✗[/] {stage:<10} failed: {payload.get('error', '')[:300]}")
+
+
+def _headline(stage: str, out: dict[str, Any]) -> str:
+    hit = " (cached)" if out.get("cache_hit") else ""
+    if stage == "ingest":
+        return f"flights rows {out['rows']['flights']:,}{hit}"
+    if stage == "validate":
+        return f"{out['rows_in']:,} in, {out['rows_valid']:,} valid, quarantined {out['quarantined']}{hit}"
+    if stage == "preprocess":
+        return f"rows {out['rows']}, {out['width']} features{hit}"
+    if stage == "tune":
+        return (f"{out['trials']} trials ({out['trials_failed']} failed), best {out['family']} "
+                f"validation ROC AUC {out['best_score']:.4f}{hit}")
+    if stage == "evaluate":
+        return f"test ROC AUC {out['model']['roc_auc']:.4f}"
+    if stage == "register":
+        return f"{out['name']} v{out['version']} -> {out['alias']}"
+    if stage == "deploy":
+        return f"{out['model_uri']} at {out['url']}"
+    if stage == "smoke":
+        return f"{len(out['answer']['predictions'])} answers"
+    return ""
+
+
+def _summary(record: dict[str, Any]) -> None:
+    st = record["stages"]
+    console.print(f"\n[bold]run {record['run_id']}[/]: {record['status']}   record: "
+                  f"{Path(record['home']) / 'runs' / record['run_id'] / 'run.json'}")
+    if "evaluate" in st and st["evaluate"].get("status") == "succeeded":
+        ev = st["evaluate"]["outputs"]
+        t = Table(title=f"Test split (threshold {ev['threshold']:.3f}, chosen on validation)")
+        t.add_column("model")
+        for m in ("roc_auc", "accuracy", "precision", "recall", "f1"):
+            t.add_column(m, justify="right")
+        best = st.get("tune", {}).get("outputs", {}).get("family", "best")
+        rows = [(f"tuned: {best}", ev["model"])] + [(f"baseline: {k}", v) for k, v in ev["baselines"].items()]
+        for name, m in rows:
+            t.add_row(name, *(f"{m[k]:.4f}" for k in ("roc_auc", "accuracy", "precision", "recall", "f1")))
+        console.print(t)
+    if "register" in st and st["register"].get("status") == "succeeded":
+        r = st["register"]["outputs"]
+        console.print(f"registered: models:/{r['name']}/{r['version']} ({r['alias']}: {r['reason']})")
+    if "preprocess" in st and st["preprocess"].get("status") == "succeeded":
+        console.print(f"data: {st['preprocess']['outputs']['path']}")
+    if "smoke" in st and st["smoke"].get("status") == "succeeded":
+        sm = st["smoke"]["outputs"]
+        t = Table(title=f"Endpoint answers: POST {sm['url']}/v1/predict (model v{sm['answer']['model']['version']})")
+        for c in ("date", "carrier", "flight", "route", "sched_dep", "probability", "label"):
+            t.add_column(c)
+        for rec, p in zip(sm["records"], sm["answer"]["predictions"]):
+            t.add_row(f"{rec['year']}-{rec['month']:02d}-{rec['day']:02d}", rec["carrier"], str(rec.get("flight", "")),
+                      f"{rec['origin']}-{rec['dest']}", f"{rec['sched_dep_time']:04d}", f"{p['probability']:.3f}",
+                      str(p["label"]))
+        console.print(t)
+    if "deploy" in st and st["deploy"].get("status") == "succeeded":
+        console.print(f"endpoint: {st['deploy']['outputs']['url']}/v1/predict  (GET /v1/model, /healthz, /readyz)")
+
+
+def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, keep_serving=False, verbose=False,
+         resume_default_failed=False) -> None:
+    from mlops_ray.home import Home
+    from mlops_ray.pipeline import latest_failed_run, run_pipeline
+    from mlops_ray.sessions import Sessions
+
+    _setup_logging(verbose)
+    cfg = _load(config)
+    home = Home.resolve().ensure()
+    if resume_default_failed and from_stage and not run_id:
+        run_id = latest_failed_run(home)
+        if run_id is None:
+            _fail(f"--from-stage {from_stage} needs a run to resume and no failed run exists under {home.root}; "
+                  "pass --run-id ID (see `mlops-ray runs list`).", 2)
+    if only and not run_id and only[0] != "ingest":
+        from mlops_ray.pipeline import list_runs
+
+        runs = list_runs(home)
+        run_id = runs[0]["run_id"] if runs else None
+        if run_id is None:
+            _fail(f"stage '{only[0]}' needs the outputs of earlier stages and no run exists under {home.root}; "
+                  "run `mlops-ray run` first or pass --run-id.", 2)
+    sessions = Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}})
+    try:
+        record = run_pipeline(cfg, sessions=sessions, run_id=run_id, from_stage=from_stage, only=only,
+                              progress=_StageProgress(), config_path=str(config) if config else None, home=home)
+        _summary(record)
+        if keep_serving and "deploy" in record["stages"]:
+            url = record["stages"]["deploy"]["outputs"]["url"]
+            console.print(f"\n[bold]serving at {url}[/] - press Ctrl-C (or send SIGTERM) to stop.")
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    except StageError as e:
+        _fail(str(e), 1)
+    except (ConfigError, RegistryError) as e:
+        _fail(str(e), 2)
+    except EnvironmentSetupError as e:
+        _fail(str(e), 2)
+    finally:
+        sessions.close()
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt,
+        from_stage: Optional[str] = typer.Option(None, "--from-stage", help="Resume a run from this stage."),
+        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run to resume (default: the latest failed run)."),
+        keep_serving: bool = typer.Option(False, "--keep-serving", help="Keep the endpoint up until Ctrl-C."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage's details.")) -> None:
+    """Run the whole pipeline: ingest -> validate -> preprocess -> tune -> evaluate -> register -> deploy -> smoke."""
+    _run(config, from_stage=from_stage, run_id=run_id, keep_serving=keep_serving, verbose=verbose,
+         resume_default_failed=True)
+
+
+def _stage_command(stage: str):
+    def cmd(config: Optional[Path] = ConfigOpt,
+            run_id: Optional[str] = typer.Option(None, "--run-id", help="Run whose earlier outputs to use (default: latest)."),
+            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        _run(config, run_id=run_id, only=(stage,), verbose=verbose, keep_serving=(stage == "deploy"))
+    cmd.__doc__ = f"Run only the '{stage}' stage (inputs from the run record)."
+    return cmd
+
+
+for _stage in ("ingest", "validate", "preprocess", "tune", "evaluate", "register", "deploy"):
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+@config_app.command("check")
+def config_check(path: Path) -> None:
+    """Validate a config file; exit 2 with the problems if it is invalid."""
+    _load(path)
+    console.print(f"{path}: valid")
+
+
+@config_app.command("show")
+def config_show(path: Optional[Path] = typer.Argument(None)) -> None:
+    """Print the resolved config (every default filled in) as YAML."""
+    from mlops_ray.config import config_to_yaml
+
+    console.print(config_to_yaml(_load(path)), highlight=False, markup=False)
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List registered model versions with their aliases and test ROC AUC."""
+    from mlops_ray.home import Home
+    from mlops_ray.registry import list_versions
+
+    _setup_logging(False)
+    rows = list_versions(_load(config).register_, Home.resolve())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="registered model versions")
+    for c in ("name", "version", "aliases", "test_roc_auc", "created"):
+        t.add_column(c)
+    for r in rows:
+        auc = f"{r['test_roc_auc']:.4f}" if r["test_roc_auc"] is not None else "-"
+        t.add_row(r["name"], r["version"], ",".join(r["aliases"]), auc, r["created"])
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
+                config: Optional[Path] = ConfigOpt) -> None:
+    """Show one version's record (metrics, params, fingerprints, source)."""
+    from mlops_ray.home import Home
+    from mlops_ray.registry import resolve_version
+
+    _setup_logging(False)
+    uri = ref if ref.startswith("models:/") else f"models:/{ref}"
+    try:
+        mv = resolve_version(_load(config).register_, Home.resolve(), uri)
+    except RegistryError as e:
+        _fail(str(e), 2)
+    print(json.dumps({"name": mv.name, "version": mv.version, "aliases": list(mv.aliases or []),
+                      "source": mv.source, "run_id": mv.run_id, "tags": dict(mv.tags or {})}, indent=2))
+
+
+@runs_app.command("list")
+def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List run records, newest first."""
+    from mlops_ray.home import Home
+    from mlops_ray.pipeline import list_runs
+
+    rows = list_runs(Home.resolve())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="runs")
+    for c in ("run_id", "status", "created", "stages"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["run_id"], r["status"], r["created"], " ".join(f"{k}:{v}" for k, v in r["stages"].items()))
+    console.print(t)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """Print one run record (run.json)."""
+    from mlops_ray.home import Home
+    from mlops_ray.pipeline import RunRecord
+
+    try:
+        print(json.dumps(RunRecord.load(Home.resolve(), run_id).data, indent=2))
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+
+@app.command()
+def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file of raw flight records."),
+            out: Path = typer.Option(..., "--out", help="Output file (.csv or .parquet) with probability and label."),
+            model: Optional[str] = typer.Option(None, "--model", help="Model URI (default models:/<name>@champion)."),
+            config: Optional[Path] = ConfigOpt) -> None:
+    """Batch scoring with the same feature spec as the endpoint."""
+    import tempfile
+
+    import pandas as pd
+
+    from mlops_ray.home import Home
+    from mlops_ray.preprocess.derive import INPUT_SCHEMA
+    from mlops_ray.serve.model import load_served_model
+
+    _setup_logging(False)
+    cfg = _load(config)
+    if not data.is_file():
+        _fail(f"--data {data} does not exist; pass a CSV or Parquet file of flight records.", 2)
+    frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data, na_values=["NA"])
+    missing = [c for c, (_, req) in INPUT_SCHEMA.items() if req and c not in frame]
+    if missing:
+        _fail(f"--data {data} lacks required column(s) {missing}; got {list(frame.columns)}.", 2)
+    uri = model or f"models:/{cfg.register_.model_name}@champion"
+    try:
+        served = load_served_model(cfg.register_, Home.resolve(), uri, tempfile.mkdtemp(prefix="mlops_ray_predict_"))
+    except RegistryError as e:
+        _fail(str(e), 2)
+    cols = [c for c in INPUT_SCHEMA if c in frame]
+    proba = served.predict_proba(frame[cols])
+    result = frame.copy()
+    result["probability"] = proba
+    result["label"] = (proba >= served.threshold).astype(int)
+    result["model_version"] = served.version
+    if out.suffix == ".parquet":
+        result.to_parquet(out)
+    else:
+        result.to_csv(out, index=False)
+    console.print(f"scored {len(result):,} rows with {served.name} v{served.version} -> {out}")
+
+
+@app.command()
+def bench(names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all).")) -> None:
+    """Run benchmarks from benchmarks/ and write JSON + markdown results."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    if not root.is_file():
+        _fail(f"benchmarks/run.py not found next to the package ({root}); run from a source checkout.", 2)
+    raise typer.Exit(subprocess.call([sys.executable, str(root), *(names or [])]))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except MlopsRayError as e:  # any error that escaped a command
+        err_console.print(f"error: {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

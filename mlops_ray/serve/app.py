@@ -1,0 +1,172 @@
+"""The Ray Serve application: a FastAPI ingress serving one registered model version.
+
+Routes (../shared/CONTRACTS.md): ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``,
+``GET /readyz``. Every error has the JSON body ``{"error": {"code", "message", "fields"}}``;
+a client mistake is never a 5xx. Custom metrics go through ``ray.serve.metrics`` (Ray adds
+the ``ray_`` prefix when exporting).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mlops_ray.preprocess.derive import INPUT_SCHEMA
+from mlops_ray.serve.schema import UNKNOWN_FIELD_LABEL, ApiError, input_schema_description, parse_json_body, validate_records
+
+logger = logging.getLogger(__name__)
+
+app = FastAPI(title="mlops_ray model server", version="1",
+              description="Predicts whether a flight arrives more than 15 minutes late.")
+
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type", 401: "unauthorized", 400: "bad_json", 503: "unavailable"}
+
+
+def _request_id(request: Request) -> str:
+    rid = request.headers.get("x-request-id", "")
+    return rid[:128] if rid else uuid.uuid4().hex
+
+
+def _error_response(err: ApiError, request_id: str) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers={"X-Request-ID": request_id})
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    msg = {404: f"no route {request.url.path}; see /docs",
+           405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return _error_response(ApiError(exc.status_code, code, msg), _request_id(request))
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    rid = _request_id(request)
+    logger.exception("internal error on request %s", rid)
+    return _error_response(ApiError(500, "internal_error", f"internal error; request id {rid}"), rid)
+
+
+@serve.deployment(name="ModelServer")
+@serve.ingress(app)
+class ModelServer:
+    """One replica: loads ``model_uri`` from the registry in the background, then answers.
+
+    Args:
+        model_uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        register_cfg: the ``register`` slice as a dict (tracking URI, names).
+        home_root: absolute ``MLOPS_RAY_HOME``.
+        max_request_bytes: body cap (413 beyond it, counted on the bytes read).
+        max_records: most records per request.
+    """
+
+    def __init__(self, model_uri: str, register_cfg: dict, home_root: str, max_request_bytes: int, max_records: int):
+        from ray.serve import metrics
+
+        self.model_uri = model_uri
+        self.max_request_bytes = max_request_bytes
+        self.max_records = max_records
+        self.model = None
+        self.load_error: str | None = None
+        self._m_pred = metrics.Counter("mlops_predictions_total", description="Predictions answered.",
+                                       tag_keys=("model_version", "label"))
+        self._m_score = metrics.Histogram("mlops_prediction_score", description="Predicted probability of delay.",
+                                          boundaries=[i / 10 for i in range(1, 10)])
+        self._m_latency = metrics.Histogram("mlops_inference_latency_ms",
+                                            description="Time to validate, transform and score one request, ms.",
+                                            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000])
+        self._m_errors = metrics.Counter("mlops_request_errors_total", description="Error answers by code.",
+                                         tag_keys=("code",))
+        self._m_val = metrics.Counter("mlops_validation_errors_total",
+                                      description="Invalid fields in predict requests (field in the input schema or _unknown).",
+                                      tag_keys=("field",))
+        threading.Thread(target=self._load, args=(register_cfg, home_root), daemon=True).start()
+
+    def _load(self, register_cfg: dict, home_root: str) -> None:
+        from mlops_ray.config import RegisterConfig
+        from mlops_ray.home import Home
+        from mlops_ray.serve.model import load_served_model
+
+        try:
+            self.model = load_served_model(RegisterConfig(**register_cfg), Home.resolve(home_root), self.model_uri,
+                                           tempfile.mkdtemp(prefix="mlops_ray_model_"))
+            logger.info("loaded %s v%s", self.model.name, self.model.version)
+        except Exception as e:  # noqa: BLE001 - reported through /readyz
+            self.load_error = f"{type(e).__name__}: {e}"
+            logger.exception("model load failed")
+
+    def _fail(self, err: ApiError, rid: str) -> JSONResponse:
+        self._m_errors.inc(tags={"code": err.code})
+        if err.code == "validation_error":
+            for f in err.fields:
+                loc = f.get("loc") or []
+                name = loc[-1] if loc and loc[-1] in INPUT_SCHEMA else UNKNOWN_FIELD_LABEL
+                self._m_val.inc(tags={"field": str(name)})
+        return _error_response(err, rid)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self, request: Request):
+        if self.model is None:
+            why = self.load_error or "model is loading"
+            return _error_response(ApiError(503, "unavailable", f"not ready: {why}"), _request_id(request))
+        return {"status": "ready", "model": {"name": self.model.name, "version": self.model.version}}
+
+    @app.get("/v1/model")
+    async def model_info(self, request: Request):
+        if self.model is None:
+            return self._fail(ApiError(503, "unavailable", "no model loaded yet"), _request_id(request))
+        m = self.model
+        return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.model_uri,
+                "input_schema": input_schema_description(m.transformer.spec),
+                "threshold": m.threshold, "family": m.info.get("family"),
+                "metrics": m.info.get("metrics"), "trained_at": m.info.get("trained_at"),
+                "data_fingerprint": m.info.get("data_fingerprint")}
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise ApiError(413, "payload_too_large", f"body of {declared} bytes; at most {self.max_request_bytes} allowed")
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > self.max_request_bytes:
+                raise ApiError(413, "payload_too_large", f"body exceeds {self.max_request_bytes} bytes")
+        return bytes(buf)
+
+    @app.post("/v1/predict")
+    async def predict(self, request: Request):
+        rid = _request_id(request)
+        t0 = time.perf_counter()
+        try:
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise ApiError(415, "unsupported_media_type",
+                               f"content type '{ctype or 'none'}' not supported; send application/json")
+            raw = await self._read_body(request)
+            records = validate_records(parse_json_body(raw), self.max_records)
+            if self.model is None:
+                raise ApiError(503, "unavailable", "no model loaded yet; retry when /readyz answers 200")
+            preds = self.model.predictions(records)
+        except ApiError as err:
+            return self._fail(err, rid)
+        m = self.model
+        for p in preds:
+            self._m_pred.inc(tags={"model_version": m.version, "label": str(p["label"])})
+            self._m_score.observe(p["probability"])
+        self._m_latency.observe((time.perf_counter() - t0) * 1000.0)
+        body: dict[str, Any] = {"request_id": rid, "model": {"name": m.name, "version": m.version, "alias": m.alias},
+                                "predictions": preds}
+        return JSONResponse(body, headers={"X-Request-ID": rid})

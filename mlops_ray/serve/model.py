@@ -1,0 +1,66 @@
+"""A registered model version loaded for scoring: estimator + feature spec + lookups + threshold."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops_ray.preprocess.records import RecordTransformer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """What a replica (or batch scoring) needs to answer.
+
+    Attributes:
+        name, version, alias: registry identity.
+        estimator: a fitted scikit-learn classifier with ``predict_proba``.
+        transformer: raw records -> features, exactly as in training.
+        threshold: decision threshold chosen on validation.
+        info: the version's ``version.json`` (metrics, trained_at, libraries...).
+    """
+
+    name: str
+    version: str
+    alias: str | None
+    estimator: Any
+    transformer: RecordTransformer
+    threshold: float
+    info: dict[str, Any]
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, name: str, version: str, alias: str | None) -> "ServedModel":
+        """Load from a downloaded artifact folder (see :mod:`mlops_ray.registry`)."""
+        from mlops_ray.tune import load_model
+
+        path = Path(path)
+        info = json.loads((path / "version.json").read_text())
+        return cls(name=name, version=version, alias=alias, estimator=load_model(path / "model.skops"),
+                   transformer=RecordTransformer.from_dir(path), threshold=float(info["threshold"]), info=info)
+
+    def predict_proba(self, records: list[dict]) -> np.ndarray:
+        """P(delay > 15 min) per record, float64 of shape (len(records),)."""
+        X = self.transformer.transform(records)
+        return self.estimator.predict_proba(X)[:, 1]
+
+    def predictions(self, records: list[dict]) -> list[dict[str, Any]]:
+        """The API's prediction objects: probability, label (at the threshold), threshold."""
+        proba = self.predict_proba(records)
+        return [{"probability": float(p), "label": int(p >= self.threshold), "threshold": self.threshold}
+                for p in proba]
+
+
+def load_served_model(register_cfg, home, uri: str, dest: str | Path) -> ServedModel:
+    """Resolve ``uri`` in the registry, download and verify the artifacts, and load them."""
+    from mlops_ray.registry import download_version, parse_model_uri
+
+    mv, local = download_version(register_cfg, home, uri, dest)
+    _, alias, _ = parse_model_uri(uri)
+    return ServedModel.from_dir(local, name=mv.name, version=str(mv.version), alias=alias)

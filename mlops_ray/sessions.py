@@ -1,0 +1,175 @@
+"""The only code that creates a SparkSession or connects to Ray.
+
+Entry points (``cli.py``, ``jobs/*.py``, ``run_pipeline`` when called without sessions)
+create a :class:`Sessions` and hand it down; stages receive engines, never create them.
+Both engines start lazily, on first use, and :meth:`Sessions.close` stops what was started
+here (a Ray cluster we merely connected to is left running).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from mlops_ray.config import EnginesConfig
+from mlops_ray.errors import EnvironmentSetupError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+JAVA_HELP = ("Apache Spark 4 needs Java 17 or newer. Install it with "
+             "`apt-get install -y openjdk-17-jre-headless` (Debian/Ubuntu) or `brew install openjdk@17` "
+             "(macOS), or point JAVA_HOME at a JDK 17+.")
+
+
+def java_major_version() -> int | None:
+    """Major version of the ``java`` on PATH (or in JAVA_HOME), None when there is none."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return None
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def check_java() -> None:
+    """Raise EnvironmentSetupError unless Java 17+ is available."""
+    v = java_major_version()
+    if v is None:
+        raise EnvironmentSetupError(f"No Java found on PATH or in JAVA_HOME. {JAVA_HELP}")
+    if v < 17:
+        raise EnvironmentSetupError(f"Java {v} found, Java 17+ expected. {JAVA_HELP}")
+
+
+class Sessions:
+    """Lazily started Spark and Ray engines for one entry point.
+
+    Args:
+        engines: the ``engines`` slice of the config.
+        ray_runtime_env: runtime environment passed to ``ray.init`` (e.g. MLOPS_RAY_HOME).
+    """
+
+    def __init__(self, engines: EnginesConfig, ray_runtime_env: dict | None = None):
+        self.engines = engines
+        self.ray_runtime_env = ray_runtime_env or {}
+        self._spark: SparkSession | None = None
+        self._ray_started_here = False
+        self._ray_connected = False
+
+    # ------------------------------------------------------------------ Spark
+    @property
+    def spark(self) -> "SparkSession":
+        """The SparkSession, started on first access (UTC session time zone, few shuffle partitions)."""
+        if self._spark is None:
+            check_java()
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            from pyspark.sql import SparkSession
+
+            sc = self.engines.spark
+            logger.info("starting Spark (%s, driver memory %s)", sc.master, sc.driver_memory)
+            self._spark = (
+                SparkSession.builder.master(sc.master).appName(sc.app_name)
+                .config("spark.driver.memory", sc.driver_memory)
+                .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
+                .config("spark.default.parallelism", str(sc.shuffle_partitions))
+                .config("spark.sql.session.timeZone", "UTC")
+                .config("spark.ui.enabled", str(sc.ui_enabled).lower())
+                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1")
+                .getOrCreate()
+            )
+            self._spark.sparkContext.setLogLevel("ERROR")
+        return self._spark
+
+    def stop_spark(self) -> None:
+        """Stop the SparkSession and its JVM, if this object started one."""
+        if self._spark is None:
+            return
+        from pyspark import SparkContext
+
+        self._spark.stop()
+        gateway = SparkContext._gateway
+        if gateway is not None:
+            proc = getattr(gateway, "proc", None)
+            try:
+                gateway.shutdown()
+            finally:
+                if proc is not None:
+                    proc.stdin.close() if proc.stdin else None
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            SparkContext._gateway = None
+            SparkContext._jvm = None
+        self._spark = None
+
+    # -------------------------------------------------------------------- Ray
+    def ray(self) -> Any:
+        """The ``ray`` module, connected: to ``engines.ray.address``/RAY_ADDRESS, or a new local Ray."""
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        rc = self.engines.ray
+        address = rc.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"runtime_env": self.ray_runtime_env or None, "logging_level": logging.WARNING,
+                                  "log_to_driver": True}
+        if address:
+            logger.info("connecting to Ray at %s", address)
+            ray.init(address=address, **kwargs)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            logger.info("starting a local Ray")
+            ray.init(num_cpus=rc.num_cpus, object_store_memory=rc.object_store_memory_bytes,
+                     include_dashboard=rc.include_dashboard, dashboard_host="127.0.0.1",
+                     dashboard_port=rc.dashboard_port, _metrics_export_port=rc.metrics_export_port, **kwargs)
+            self._ray_started_here = True
+        self._ray_connected = True
+        return ray
+
+    def shutdown_ray(self) -> None:
+        """Disconnect from Ray; a local Ray started here is stopped with all its processes."""
+        if not self._ray_connected:
+            return
+        import ray
+
+        if self._ray_started_here:
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                logger.debug("serve.shutdown failed", exc_info=True)
+        ray.shutdown()
+        self._ray_connected = False
+        self._ray_started_here = False
+
+    @property
+    def ray_is_local(self) -> bool:
+        """True when the Ray in use was started by this object (not a cluster we joined)."""
+        return self._ray_started_here
+
+    def close(self, keep_ray: bool = False) -> None:
+        """Stop Spark; stop Ray unless ``keep_ray``."""
+        self.stop_spark()
+        if not keep_ray:
+            self.shutdown_ray()
+
+    def __enter__(self) -> "Sessions":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
