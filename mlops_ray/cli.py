@@ -38,7 +38,7 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML (default: t
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "mlflow", "alembic", "urllib3", "filelock"):
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3", "filelock", "ray", "ray.serve", "ray.tune"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("mlops_ray").setLevel(logging.WARNING)

@@ -126,7 +126,7 @@ class Sessions:
         rc = self.engines.ray
         address = rc.address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"runtime_env": self.ray_runtime_env or None, "logging_level": logging.WARNING,
-                                  "log_to_driver": True}
+                                  "log_to_driver": logging.getLogger("mlops_ray").getEffectiveLevel() <= logging.INFO}
         if address:
             logger.info("connecting to Ray at %s", address)
             ray.init(address=address, **kwargs)
@@ -146,13 +146,7 @@ class Sessions:
             return
         import ray
 
-        if self._ray_started_here:
-            try:
-                from ray import serve
-
-                serve.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                logger.debug("serve.shutdown failed", exc_info=True)
+        # A local Ray started here goes down with every actor it holds (Serve included).
         ray.shutdown()
         self._ray_connected = False
         self._ray_started_here = False

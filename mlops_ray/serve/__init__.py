@@ -52,8 +52,8 @@ def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
             if r.status_code == 200:
                 return r.json()
             last = f"{r.status_code} {r.text[:300]}"
-            if "Error" in r.text and "loading" not in r.text:
-                break
+            if r.status_code == 503 and "not ready:" in r.text and "model is loading" not in r.text:
+                break  # the replica reported a load error: it will not fix itself
         except requests.RequestException as e:
             last = str(e)
         time.sleep(0.5)

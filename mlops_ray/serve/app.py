@@ -6,7 +6,6 @@ a client mistake is never a 5xx. Custom metrics go through ``ray.serve.metrics``
 the ``ray_`` prefix when exporting).
 """
 
-from __future__ import annotations
 
 import logging
 import tempfile
@@ -56,7 +55,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(ApiError(500, "internal_error", f"internal error; request id {rid}"), rid)
 
 
-@serve.deployment(name="ModelServer")
+@serve.deployment(name="ModelServer", logging_config={"enable_access_log": False, "log_level": "WARNING"})
 @serve.ingress(app)
 class ModelServer:
     """One replica: loads ``model_uri`` from the registry in the background, then answers.
