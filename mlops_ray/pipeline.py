@@ -111,7 +111,7 @@ def _resume_command(stage: str, run_id: str, config_path: str | None) -> str:
 def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_stage: str | None = None,
                  only: tuple[str, ...] | None = None, keep_serving: bool = False,
                  progress: ProgressCallback | None = None, config_path: str | None = None,
-                 home: Home | None = None) -> dict[str, Any]:
+                 home: Home | None = None, release_spark: bool = True) -> dict[str, Any]:
     """Run the pipeline (or part of it) and return the run record.
 
     Args:
@@ -123,6 +123,7 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
         keep_serving: leave Ray (and the deployment) running at the end.
         progress: callback(stage, event, payload) for a progress display.
         config_path: shown in the resume command of a failure.
+        release_spark: stop Spark (and its JVM) once the Spark stages are done, to give Ray the memory.
 
     Returns:
         The run record (the content of ``run.json``).
@@ -154,7 +155,7 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
     try:
         for stage in todo:
             current = stage
-            if stage not in SPARK_STAGES:
+            if stage not in SPARK_STAGES and release_spark:
                 sessions.stop_spark()  # free the JVM's memory before Ray work
             entry = {"status": "running", "started": _now()}
             record.data["stages"][stage] = entry
@@ -185,8 +186,6 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
     finally:
         if own:
             sessions.close(keep_ray=keep_serving)
-        else:
-            sessions.stop_spark()
 
 
 # ------------------------------------------------------------------------ stages

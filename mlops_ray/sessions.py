@@ -74,6 +74,9 @@ class Sessions:
             check_java()
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            import warnings
+
+            warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
             from pyspark.sql import SparkSession
 
             sc = self.engines.spark
@@ -85,6 +88,7 @@ class Sessions:
                 .config("spark.default.parallelism", str(sc.shuffle_partitions))
                 .config("spark.sql.session.timeZone", "UTC")
                 .config("spark.ui.enabled", str(sc.ui_enabled).lower())
+                .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                 .config("spark.driver.host", "127.0.0.1")
                 .config("spark.driver.bindAddress", "127.0.0.1")

@@ -131,7 +131,7 @@ def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFr
     sdt = records["sched_dep_time"].astype("int64")
     dates = pd.to_datetime({"year": year, "month": month, "day": day})
     out["month"] = month.astype("float64")
-    out["day_of_week"] = (dates.dt.dayofweek + 1).astype("float64")
+    out["day_of_week"] = (dates.dt.day_of_week + 1).astype("float64")
     out["sched_dep_minute_of_day"] = ((sdt // 100) * 60 + sdt % 100).astype("float64")
     sat = pd.to_numeric(records["sched_arr_time"], errors="coerce") if "sched_arr_time" in records \
         else pd.Series(np.nan, index=records.index)

@@ -1,0 +1,89 @@
+"""Shared fixtures: one SparkSession, one local Ray and one pipeline run per test session.
+
+Services bind to loopback on explicit free ports. The pipeline fixture runs the real stages
+on a sample of the real 2013 flights (ingest -> ... -> deploy on Ray Serve) once; the
+integration tests read what it produced.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Sample of the flights kept by the integration runs (about 13,000 flights, all months).
+SAMPLE_FRACTION = 0.04
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sample_config_mapping(serve_port: int, metrics_port: int, **overrides) -> dict:
+    """Config for a quick real run: 4% sample, 1 trial per family (2 trials), loopback ports."""
+    cfg = {
+        "engines": {"spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"},
+                    "ray": {"num_cpus": 2, "include_dashboard": False, "metrics_export_port": metrics_port,
+                            "object_store_memory_bytes": 300 * 1024 * 1024}},
+        "ingest": {"sample_fraction": SAMPLE_FRACTION},
+        "tune": {"num_samples": 1,
+                 "search_space": {
+                     "logistic_regression": {"C": {"distribution": "fixed", "value": 1.0}},
+                     "hist_gradient_boosting": {"learning_rate": {"distribution": "fixed", "value": 0.1},
+                                                "max_leaf_nodes": {"distribution": "fixed", "value": 31},
+                                                "max_iter": {"distribution": "fixed", "value": 100}}}},
+        "deploy": {"port": serve_port, "smoke_records": 3, "num_cpus_per_replica": 0.25,
+                   "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "max_request_bytes": 65536,
+                   "max_records": 50},
+    }
+    for k, v in overrides.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def sessions():
+    """One Sessions object (Spark and Ray started lazily) for the whole test session."""
+    from mlops_ray.config import config_from_mapping
+    from mlops_ray.sessions import Sessions
+
+    cfg = config_from_mapping(sample_config_mapping(free_port(), free_port()))
+    s = Sessions(cfg.engines)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def spark(sessions):
+    return sessions.spark
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(sessions, tmp_path_factory):
+    """The real pipeline on a sample, run once: returns (config, home, run record)."""
+    from mlops_ray.config import config_from_mapping
+    from mlops_ray.home import Home
+    from mlops_ray.pipeline import run_pipeline
+
+    home = Home.resolve(tmp_path_factory.mktemp("home")).ensure()
+    cfg = config_from_mapping(sample_config_mapping(free_port(), sessions.engines.ray.metrics_export_port))
+    record = run_pipeline(cfg, sessions=sessions, home=home, release_spark=False)
+    return cfg, home, record
+
+
+@pytest.fixture(scope="session")
+def endpoint(pipeline_run) -> str:
+    """Base URL of the deployed model server."""
+    return pipeline_run[2]["stages"]["deploy"]["outputs"]["url"]
