@@ -99,6 +99,7 @@ def run_tune(cfg: TuneConfig, ray, preprocess_path: str, preprocess_key: str, ho
         TuneError: every trial failed (the message lists the first errors).
     """
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from mlops_ray.preprocess import load_split
 
@@ -121,7 +122,8 @@ def run_tune(cfg: TuneConfig, ray, preprocess_path: str, preprocess_key: str, ho
             trainable,
             param_space=to_param_space(cfg.search_space),
             tune_config=tune.TuneConfig(metric=cfg.metric, mode="max", num_samples=cfg.num_samples,
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
+                                        max_concurrent_trials=cfg.max_concurrent_trials,
+                                        search_alg=BasicVariantGenerator(random_state=cfg.seed)),
             run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=1),
         )
         grid = tuner.fit()
