@@ -171,3 +171,21 @@ class ModelServer:
         body: dict[str, Any] = {"request_id": rid, "model": {"name": m.name, "version": m.version, "alias": m.alias},
                                 "predictions": preds}
         return JSONResponse(body)
+
+
+def build_app(args: dict[str, Any]):
+    """Serve application builder for config files (``serve run cluster/serve_config.yaml``).
+
+    Args (all optional): ``config`` (pipeline YAML path; default the bundled one),
+    ``model_uri`` (default ``models:/<name>@<deploy.model_alias>``), ``home`` (default
+    ``MLOPS_RAY_HOME``). Autoscaling and limits come from the pipeline config's ``deploy`` slice.
+    """
+    from mlops_ray.config import load_config
+    from mlops_ray.home import Home
+
+    cfg = load_config(args.get("config"))
+    home = Home.resolve(args.get("home"))
+    uri = args.get("model_uri") or f"models:/{cfg.register_.model_name}@{cfg.deploy.model_alias}"
+    return ModelServer.options(autoscaling_config=cfg.deploy.autoscaling.to_serve(),
+                               ray_actor_options={"num_cpus": cfg.deploy.num_cpus_per_replica}).bind(
+        uri, cfg.register_.model_dump(mode="json"), str(home.root), cfg.deploy.max_request_bytes, cfg.deploy.max_records)
