@@ -29,7 +29,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
 
-console = Console(stderr=False)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML (default: the bundled flights config).")
@@ -92,7 +92,12 @@ def _headline(stage: str, out: dict[str, Any]) -> str:
         return (f"{out['trials']} trials ({out['trials_failed']} failed), best {out['family']} "
                 f"validation ROC AUC {out['best_score']:.4f}{hit}")
     if stage == "evaluate":
-        return f"test ROC AUC {out['model']['roc_auc']:.4f}"
+        auc = out["model"]["roc_auc"]
+        flagged = sum(1 for s in out.get("slices", []) if s["flagged"])
+        return (f"test ROC AUC {auc:.4f}" if auc is not None else "test ROC AUC undefined") + \
+            f", {flagged} flagged slice(s)"
+    if stage == "explain":
+        return f"top features {', '.join(out['top_features'][:4])}"
     if stage == "register":
         return f"{out['name']} v{out['version']} -> {out['alias']}"
     if stage == "deploy":
@@ -115,11 +120,17 @@ def _summary(record: dict[str, Any]) -> None:
         best = st.get("tune", {}).get("outputs", {}).get("family", "best")
         rows = [(f"tuned: {best}", ev["model"])] + [(f"baseline: {k}", v) for k, v in ev["baselines"].items()]
         for name, m in rows:
-            t.add_row(name, *(f"{m[k]:.4f}" for k in ("roc_auc", "accuracy", "precision", "recall", "f1")))
+            t.add_row(name, *("undefined" if m[k] is None else f"{m[k]:.4f}"
+                              for k in ("roc_auc", "accuracy", "precision", "recall", "f1")))
+        ci = (ev.get("intervals") or {}).get("roc_auc")
+        if ci:
+            t.caption = f"tuned model test ROC AUC 95% bootstrap interval: {ci[0]:.4f} - {ci[1]:.4f}"
         console.print(t)
     if "register" in st and st["register"].get("status") == "succeeded":
         r = st["register"]["outputs"]
         console.print(f"registered: models:/{r['name']}/{r['version']} ({r['alias']}: {r['reason']})")
+        if r.get("report"):
+            console.print(f"report: {r['report']}")
     if "preprocess" in st and st["preprocess"].get("status") == "succeeded":
         console.print(f"data: {st['preprocess']['outputs']['path']}")
     if "smoke" in st and st["smoke"].get("status") == "succeeded":

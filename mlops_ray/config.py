@@ -207,16 +207,47 @@ class TuneConfig(_Model):
 
 
 class EvaluateConfig(_Model):
-    threshold_rule: Literal["max_f1", "fixed"] = Field(
-        "max_f1", description="Decision threshold: maximise F1 on the validation split, or use fixed_threshold."
-    )
+    threshold_rule: Literal["max_f1", "target_precision", "fixed"] = Field(
+        "max_f1", description="Decision threshold chosen on the validation split: maximise F1, the lowest threshold "
+                              "reaching target_precision, or fixed_threshold.")
+    target_precision: Annotated[float, Field(gt=0, lt=1)] = Field(0.5, description="Precision to reach (threshold_rule 'target_precision').")
     fixed_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(0.5, description="Threshold when threshold_rule is 'fixed'.")
+    n_bootstrap: Annotated[int, Field(ge=20, le=10_000)] = Field(
+        200, description="Bootstrap resamples of the test split for the confidence intervals (percentile method).")
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(0.95, description="Confidence level of the intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = Field(10, description="Bins of the calibration curve (uniform).")
+    slice_columns: tuple[str, ...] = Field(("carrier", "origin"), description="Raw columns whose values define slices.")
+    min_slice_size: Annotated[int, Field(ge=1)] = Field(200, description="Slices with fewer test rows are not scored.")
+    slice_metric: Literal["roc_auc", "accuracy", "f1", "precision", "recall"] = Field(
+        "roc_auc", description="Metric computed per slice.")
+    slice_margin: Annotated[float, Field(ge=0)] = Field(
+        0.05, description="A slice is flagged when its interval's upper bound is below overall - slice_margin.")
+
+
+class ExplainConfig(_Model):
+    top_k: Annotated[int, Field(ge=1, le=100)] = Field(6, description="Features (by permutation importance) given partial dependence.")
+    n_rows: Annotated[int, Field(ge=50)] = Field(4000, description="Test rows sampled for importance and partial dependence.")
+    n_repeats: Annotated[int, Field(ge=1, le=50)] = Field(3, description="Permutations per feature (sklearn's n_repeats).")
+    grid_resolution: Annotated[int, Field(ge=2, le=100)] = Field(12, description="Grid points per partial-dependence curve.")
+    seed: int = Field(0, description="Seed of the row sample and the permutations.")
 
 
 class RegisterConfig(_Model):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field("flights", description="Registered model name.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; None = SQLite in MLOPS_RAY_HOME.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI: None = SQLite in MLOPS_RAY_HOME; a database URI "
+                          "(postgresql://user@host:port/db) or a tracking server (http://host:5000).")
+    artifact_root: str | None = Field(
+        None, description="Where new experiments keep artifacts; None = MLOPS_RAY_HOME/mlartifacts.")
     experiment: str = Field("mlops_ray", description="MLflow experiment name.")
+    promotion_margin: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.0, description="A new version becomes champion only if the lower bound of the paired-bootstrap interval of "
+                         "(its test ROC AUC - champion's) exceeds this margin.")
+    promotion_bootstrap: Annotated[int, Field(ge=20, le=10_000)] = Field(
+        200, description="Paired bootstrap resamples of the test split for the promotion gate.")
+    allow_library_mismatch: bool = Field(
+        False, description="Load a version whose recorded scikit-learn/skops major.minor differs from the installed one.")
 
 
 class AutoscalingConfig(_Model):
@@ -263,6 +294,7 @@ class Config(_Model):
     preprocess: PreprocessConfig = PreprocessConfig()
     tune: TuneConfig = TuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    explain: ExplainConfig = ExplainConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     deploy: DeployConfig = DeployConfig()
 

@@ -26,7 +26,7 @@ from mlops_ray.home import ENV_VAR, Home
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("ingest", "validate", "preprocess", "tune", "evaluate", "register", "deploy", "smoke")
+STAGES = ("ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register", "deploy", "smoke")
 SPARK_STAGES = frozenset({"ingest", "validate", "preprocess"})
 
 #: callback(stage, event, payload): event is "start", "done" or "failed".
@@ -224,16 +224,29 @@ def _evaluate(cfg, sessions, record, home):
     return _asdict(run_evaluate(cfg.evaluate, load_model(tun["model_path"]), pre["path"], record.dir, cfg.tune.seed))
 
 
+def _explain(cfg, sessions, record, home):
+    from mlops_ray.explain import run_explain
+    from mlops_ray.tune import load_model
+
+    pre, tun = record.outputs("preprocess"), record.outputs("tune")
+    return _asdict(run_explain(cfg.explain, load_model(tun["model_path"]), pre["path"], record.dir))
+
+
 def _register(cfg, sessions, record, home):
     from mlops_ray.evaluate import EvaluateResult
     from mlops_ray.registry import run_register
+    from mlops_ray.report import write_report
     from mlops_ray.tune import TuneResult
 
     pre, tun, ev = record.outputs("preprocess"), record.outputs("tune"), record.outputs("evaluate")
-    return _asdict(run_register(cfg.register_, home, model_path=tun["model_path"], preprocess_path=pre["path"],
-                                evaluation=EvaluateResult(**ev), tune_result=TuneResult(**tun),
-                                data_fingerprint=pre["fingerprint"], run_id=record.run_id,
-                                config_hash=record.data["config_hash"]))
+    explain = record.outputs("explain")
+    reg = _asdict(run_register(cfg.register_, home, model_path=tun["model_path"], preprocess_path=pre["path"],
+                               evaluation=EvaluateResult(**ev), tune_result=TuneResult(**tun),
+                               data_fingerprint=pre["fingerprint"], run_id=record.run_id,
+                               config_hash=record.data["config_hash"], explain_path=explain["path"]))
+    record.data["stages"]["register"]["outputs"] = reg
+    reg["report"] = str(write_report(record.data, record.dir / "report.html"))
+    return reg
 
 
 def _deploy(cfg, sessions, record, home):
@@ -255,6 +268,6 @@ def _smoke(cfg, sessions, record, home):
 
 _STAGE_FUNCS: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest": _ingest, "validate": _validate, "preprocess": _preprocess, "tune": _tune,
-    "evaluate": _evaluate, "register": _register, "deploy": _deploy, "smoke": _smoke,
+    "evaluate": _evaluate, "explain": _explain, "register": _register, "deploy": _deploy, "smoke": _smoke,
 }
 assert set(_STAGE_FUNCS) == set(STAGES)  # noqa: S101 - internal invariant, not user input

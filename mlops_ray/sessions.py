@@ -73,6 +73,7 @@ class Sessions:
         if self._spark is None:
             check_java()
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
             import warnings
 

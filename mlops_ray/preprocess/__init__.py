@@ -6,6 +6,7 @@ Output folder (``cache/preprocess/<key>/``, ../shared/CONTRACTS.md)::
     data/manifest.json               schema, rows per split, content fingerprint, feature names
     data/{train,validation,test}/    Parquet: input columns, label, features array<double> (fixed width)
     feature_spec.json                Spark-free transform (serving applies it with NumPy)
+    reference_stats.json             drift reference from train: per-feature null share, decile edges, top categories
     lookups/{weather,planes}/        lookup tables the serving path joins, as in training
     spark_pipeline/                  the fitted pyspark.ml PipelineModel
 """
@@ -106,6 +107,33 @@ def content_fingerprint(df: "DataFrame", spec: FeatureSpec) -> str:
     return h.hexdigest()
 
 
+def reference_stats(joined_train: "DataFrame", numeric: tuple[str, ...], categorical: tuple[str, ...],
+                    top: int = 20) -> dict:
+    """Drift reference on the training rows (pre-encoding features).
+
+    Numeric: row count, null share, mean and decile edges (Spark's approxQuantile, relative
+    error 1e-3) of the non-null values. Categorical: null share and the ``top`` most frequent
+    values with their shares.
+    """
+    from pyspark.sql import functions as F
+
+    n = joined_train.count()
+    nulls = joined_train.select(*[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in (*numeric, *categorical)]) \
+        .collect()[0].asDict()
+    means = joined_train.select(*[F.avg(F.col(c).cast("double")).alias(c) for c in numeric]).collect()[0].asDict()
+    probs = [i / 10 for i in range(11)]
+    edges = joined_train.select(*[F.col(c).cast("double").alias(c) for c in numeric]) \
+        .approxQuantile(list(numeric), probs, 1e-3)
+    out = {"rows": n, "numeric": {}, "categorical": {}}
+    for c, e in zip(numeric, edges):
+        out["numeric"][c] = {"null_share": (nulls[c] or 0) / n if n else 0.0, "mean": means[c], "deciles": e}
+    for c in categorical:
+        rows = (joined_train.groupBy(c).count().orderBy(F.desc("count"), F.asc(c)).limit(top).collect())
+        out["categorical"][c] = {"null_share": (nulls[c] or 0) / n if n else 0.0,
+                                 "top": [{"value": r[c], "share": r["count"] / n} for r in rows]}
+    return out
+
+
 def run_preprocess(cfg: PreprocessConfig, spark: "SparkSession", ingest_path: str, validate_path: str,
                    validate_key: str, home: Home) -> PreprocessResult:
     """Join, derive, split by month, fit the encoder on train, write features and the manifest.
@@ -133,6 +161,8 @@ def run_preprocess(cfg: PreprocessConfig, spark: "SparkSession", ingest_path: st
         rows = rows.filter(F.col("split").isNotNull()).cache()
         joined = spark_flights_with_lookups(rows.filter(F.col("split") == "train"), weather, planes, cfg.timezone)
         vocab = capped_vocabularies(joined, cfg.categorical_features, cfg.max_categories)
+        (out / "reference_stats.json").write_text(json.dumps(
+            reference_stats(joined, cfg.numeric_features, cfg.categorical_features), indent=2))
         train_in = with_encoder_inputs(joined, cfg.numeric_features, vocab)
         pipeline = fit_encoder(train_in, cfg.numeric_features, cfg.categorical_features, cfg.impute_strategy)
         pipeline.write().save(str(out / "spark_pipeline"))

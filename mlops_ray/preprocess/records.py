@@ -46,8 +46,11 @@ class RecordTransformer:
                 df[name] = None
         return df.reset_index(drop=True)
 
+    def derived(self, records: list[dict] | pd.DataFrame) -> pd.DataFrame:
+        """Pre-encoding features (the spec's numeric and categorical columns), one row per record."""
+        return pandas_flights_with_lookups(self.frame(records), self.weather_lookup, self.planes_lookup,
+                                           self.spec.timezone)
+
     def transform(self, records: list[dict] | pd.DataFrame) -> np.ndarray:
         """Feature matrix, float64 of shape (len(records), spec.width)."""
-        derived = pandas_flights_with_lookups(self.frame(records), self.weather_lookup, self.planes_lookup,
-                                              self.spec.timezone)
-        return self.spec.transform(derived)
+        return self.spec.transform(self.derived(records))
