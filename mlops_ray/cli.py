@@ -244,11 +244,11 @@ def models_list(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option
         print(json.dumps(rows, indent=2))
         return
     t = Table(title="registered model versions")
-    for c in ("name", "version", "aliases", "test_roc_auc", "created"):
+    for c in ("name", "version", "aliases", "test_roc_auc", "created", "reason"):
         t.add_column(c)
     for r in rows:
         auc = f"{r['test_roc_auc']:.4f}" if r["test_roc_auc"] is not None else "-"
-        t.add_row(r["name"], r["version"], ",".join(r["aliases"]), auc, r["created"])
+        t.add_row(r["name"], r["version"], ",".join(r["aliases"]), auc, r["created"], r["reason"] or "")
     console.print(t)
 
 
@@ -267,6 +267,34 @@ def models_show(ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or
         _fail(str(e), 2)
     print(json.dumps({"name": mv.name, "version": mv.version, "aliases": list(mv.aliases or []),
                       "source": mv.source, "run_id": mv.run_id, "tags": dict(mv.tags or {})}, indent=2))
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: str, config: Optional[Path] = ConfigOpt) -> None:
+    """Make NAME VERSION the champion (the previous champion can be restored with rollback)."""
+    from mlops_ray.home import Home
+    from mlops_ray.registry import promote
+
+    _setup_logging(False)
+    try:
+        old = promote(_load(config).register_, Home.resolve(), name, version, reason="promoted by hand (mlops-ray models promote)")
+    except RegistryError as e:
+        _fail(str(e), 2)
+    console.print(f"{name}: champion is now v{version} (was {'v' + old if old else 'none'})")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, config: Optional[Path] = ConfigOpt) -> None:
+    """Restore the previous champion of NAME in one step."""
+    from mlops_ray.home import Home
+    from mlops_ray.registry import rollback
+
+    _setup_logging(False)
+    try:
+        old, new = rollback(_load(config).register_, Home.resolve(), name)
+    except RegistryError as e:
+        _fail(str(e), 2)
+    console.print(f"{name}: champion rolled back from v{old} to v{new}")
 
 
 @runs_app.command("list")
