@@ -269,32 +269,53 @@ def models_show(ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or
                       "source": mv.source, "run_id": mv.run_id, "tags": dict(mv.tags or {})}, indent=2))
 
 
+AddressOpt = typer.Option(None, "--address", help="Ray cluster whose deployment to switch (default: RAY_ADDRESS "
+                                                       "or a local Ray on this machine).")
+NoSwitchOpt = typer.Option(False, "--no-switch", help="Only move the alias; leave a running deployment as it is.")
+
+
+def _switch(cfg, home, address: Optional[str]) -> None:
+    from mlops_ray.serve import switch_if_running
+
+    served = switch_if_running(cfg.deploy, cfg.register_, home, address)
+    if served is not None:
+        console.print(f"deployment '{cfg.deploy.app_name}' now serves v{served}")
+
+
 @models_app.command("promote")
-def models_promote(name: str, version: str, config: Optional[Path] = ConfigOpt) -> None:
-    """Make NAME VERSION the champion (the previous champion can be restored with rollback)."""
+def models_promote(name: str, version: str, config: Optional[Path] = ConfigOpt,
+                   address: Optional[str] = AddressOpt, no_switch: bool = NoSwitchOpt) -> None:
+    """Make NAME VERSION the champion and switch a running deployment to it."""
     from mlops_ray.home import Home
     from mlops_ray.registry import promote
 
     _setup_logging(False)
+    cfg, home = _load(config), Home.resolve()
     try:
-        old = promote(_load(config).register_, Home.resolve(), name, version, reason="promoted by hand (mlops-ray models promote)")
+        old = promote(cfg.register_, home, name, version, reason="promoted by hand (mlops-ray models promote)")
     except RegistryError as e:
         _fail(str(e), 2)
     console.print(f"{name}: champion is now v{version} (was {'v' + old if old else 'none'})")
+    if not no_switch:
+        _switch(cfg, home, address)
 
 
 @models_app.command("rollback")
-def models_rollback(name: str, config: Optional[Path] = ConfigOpt) -> None:
-    """Restore the previous champion of NAME in one step."""
+def models_rollback(name: str, config: Optional[Path] = ConfigOpt,
+                    address: Optional[str] = AddressOpt, no_switch: bool = NoSwitchOpt) -> None:
+    """Restore the previous champion of NAME in one step and switch a running deployment to it."""
     from mlops_ray.home import Home
     from mlops_ray.registry import rollback
 
     _setup_logging(False)
+    cfg, home = _load(config), Home.resolve()
     try:
-        old, new = rollback(_load(config).register_, Home.resolve(), name)
+        old, new = rollback(cfg.register_, home, name)
     except RegistryError as e:
         _fail(str(e), 2)
     console.print(f"{name}: champion rolled back from v{old} to v{new}")
+    if not no_switch:
+        _switch(cfg, home, address)
 
 
 @runs_app.command("list")

@@ -3,6 +3,23 @@
 # then run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 export MLOPS_RAY_DEV=1
+
+# Debian packages the tests start for real: PostgreSQL (registry backend), Chromium and its
+# driver (the report is opened in a headless browser).
+need=()
+for pkg in postgresql chromium chromium-driver; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[test] installing Debian packages: ${need[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "[test] missing Debian packages ${need[*]}: run as root or install them with apt-get" >&2
+    exit 2
+  fi
+fi
+
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$REPO"
 exec python -m pytest tests -p no:cacheprovider --durations=20 "$@"

@@ -36,8 +36,8 @@ def endpoint_url(cfg: DeployConfig) -> str:
     return f"http://{cfg.host}:{cfg.port}"
 
 
-def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
-    """Poll ``GET {url}/readyz`` until 200 or ``timeout_s``.
+def wait_ready(url: str, timeout_s: float, expect_version: str | None = None) -> dict[str, Any]:
+    """Poll ``GET {url}/readyz`` until 200 (from ``expect_version`` when given) or ``timeout_s``.
 
     Raises:
         MlopsRayError: not ready in time (with the last answer).
@@ -49,7 +49,8 @@ def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             r = requests.get(f"{url}/readyz", timeout=5)
-            if r.status_code == 200:
+            if r.status_code == 200 and (expect_version is None
+                                         or (r.json().get("model") or {}).get("version") == expect_version):
                 return r.json()
             last = f"{r.status_code} {r.text[:300]}"
             if r.status_code == 503 and "not ready:" in r.text and "model is loading" not in r.text:
@@ -69,22 +70,55 @@ def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home,
     """
     from ray import serve
 
-    from mlops_ray.serve.app import ModelServer
+    from mlops_ray.registry import resolve_version
+    from mlops_ray.registry.uri import parse_model_uri
+    from mlops_ray.serve.app import model_server
 
     uri = model_uri or f"models:/{register_cfg.model_name}@{cfg.model_alias}"
+    name, alias, _ = parse_model_uri(uri)
+    mv = resolve_version(register_cfg, home, uri)  # pin the version: a promotion changes what is deployed
+    pinned = f"models:/{name}/{mv.version}"
     t0 = time.monotonic()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    deployment = ModelServer.options(autoscaling_config=cfg.autoscaling.to_serve(),
-                                     ray_actor_options={"num_cpus": cfg.num_cpus_per_replica})
-    serve.run(deployment.bind(uri, register_cfg.model_dump(mode="json"), str(home.root), cfg.max_request_bytes,
-                              cfg.max_records),
-              name=cfg.app_name, route_prefix="/", blocking=False)
+    serve.run(model_server(cfg, register_cfg, home, pinned, alias), name=cfg.app_name, route_prefix="/",
+              blocking=False)
     url = endpoint_url(cfg)
-    ready = wait_ready(url, cfg.ready_timeout_s)
+    ready = wait_ready(url, cfg.ready_timeout_s, expect_version=str(mv.version))
     elapsed = time.monotonic() - t0
     logger.info("deploy: %s ready at %s in %.1f s", uri, url, elapsed)
     return DeployResult(url=url, app_name=cfg.app_name, model_uri=uri,
                         version=(ready.get("model") or {}).get("version"), ready_after_s=elapsed)
+
+
+def switch_if_running(cfg: DeployConfig, register_cfg: RegisterConfig, home: Home, address: str | None = None) -> str | None:
+    """After a promotion or rollback: redeploy a running application onto the new champion.
+
+    Connects to the Ray cluster at ``address`` (or RAY_ADDRESS, or a local Ray found on this
+    machine); if application ``cfg.app_name`` runs there, it is redeployed with the alias
+    resolved anew, and Serve rolls its replicas over to the new version. Returns the version
+    now served, or None when no such deployment runs.
+    """
+    import os
+
+    import ray
+    from ray import serve
+
+    connected_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level=logging.ERROR,
+                     log_to_driver=False)
+            connected_here = True
+        except (ConnectionError, RuntimeError):
+            return None
+    try:
+        apps = serve.status().applications
+        if cfg.app_name not in apps:
+            return None
+        return run_deploy(cfg, register_cfg, ray, home).version
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 def smoke_records(preprocess_path: str | Path, n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -63,17 +63,21 @@ class ModelServer:
     """One replica: loads ``model_uri`` from the registry in the background, then answers.
 
     Args:
-        model_uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        model_uri: ``models:/NAME/VERSION`` (deploy resolves the alias first, so a promotion changes
+            the arguments and Serve rolls the replicas over to the new version) or ``models:/NAME@ALIAS``.
+        alias: the alias the version is served as (shown in answers).
         register_cfg: the ``register`` slice as a dict (tracking URI, names).
         home_root: absolute ``MLOPS_RAY_HOME``.
         max_request_bytes: body cap (413 beyond it, counted on the bytes read).
         max_records: most records per request.
     """
 
-    def __init__(self, model_uri: str, register_cfg: dict, home_root: str, max_request_bytes: int, max_records: int):
+    def __init__(self, model_uri: str, register_cfg: dict, home_root: str, max_request_bytes: int, max_records: int,
+                 alias: str | None = None):
         from ray.serve import metrics
 
         self.model_uri = model_uri
+        self.alias = alias
         self.max_request_bytes = max_request_bytes
         self.max_records = max_records
         self.model = None
@@ -99,7 +103,7 @@ class ModelServer:
 
         try:
             self.model = load_served_model(RegisterConfig(**register_cfg), Home.resolve(home_root), self.model_uri,
-                                           tempfile.mkdtemp(prefix="mlops_ray_model_"))
+                                           tempfile.mkdtemp(prefix="mlops_ray_model_"), alias=self.alias)
             logger.info("loaded %s v%s", self.model.name, self.model.version)
         except Exception as e:  # noqa: BLE001 - reported through /readyz
             self.load_error = f"{type(e).__name__}: {e}"
@@ -183,9 +187,17 @@ def build_app(args: dict[str, Any]):
     from mlops_ray.config import load_config
     from mlops_ray.home import Home
 
+    from mlops_ray.registry.uri import parse_model_uri
+
     cfg = load_config(args.get("config"))
     home = Home.resolve(args.get("home"))
     uri = args.get("model_uri") or f"models:/{cfg.register_.model_name}@{cfg.deploy.model_alias}"
-    return ModelServer.options(autoscaling_config=cfg.deploy.autoscaling.to_serve(),
-                               ray_actor_options={"num_cpus": cfg.deploy.num_cpus_per_replica}).bind(
-        uri, cfg.register_.model_dump(mode="json"), str(home.root), cfg.deploy.max_request_bytes, cfg.deploy.max_records)
+    return model_server(cfg.deploy, cfg.register_, home, uri, parse_model_uri(uri)[1])
+
+
+def model_server(deploy_cfg, register_cfg, home, uri: str, alias: str | None):
+    """The bound Serve application for ``uri`` with the deploy slice's autoscaling and limits."""
+    return ModelServer.options(autoscaling_config=deploy_cfg.autoscaling.to_serve(),
+                               ray_actor_options={"num_cpus": deploy_cfg.num_cpus_per_replica}).bind(
+        uri, register_cfg.model_dump(mode="json"), str(home.root), deploy_cfg.max_request_bytes,
+        deploy_cfg.max_records, alias)

@@ -57,10 +57,14 @@ class ServedModel:
                 for p in proba]
 
 
-def load_served_model(register_cfg, home, uri: str, dest: str | Path) -> ServedModel:
-    """Resolve ``uri`` in the registry, download and verify the artifacts, and load them."""
+def load_served_model(register_cfg, home, uri: str, dest: str | Path, alias: str | None = None) -> ServedModel:
+    """Resolve ``uri`` in the registry, download and verify the artifacts, and load them.
+
+    ``alias`` labels the model in answers when ``uri`` names a version (``models:/flights/3``
+    deployed as the champion); by default it is the URI's own alias, if any.
+    """
     from mlops_ray.registry import download_version, parse_model_uri
 
     mv, local = download_version(register_cfg, home, uri, dest)
-    _, alias, _ = parse_model_uri(uri)
-    return ServedModel.from_dir(local, name=mv.name, version=str(mv.version), alias=alias)
+    _, uri_alias, _ = parse_model_uri(uri)
+    return ServedModel.from_dir(local, name=mv.name, version=str(mv.version), alias=alias or uri_alias)

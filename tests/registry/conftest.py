@@ -22,19 +22,23 @@ def register_from_run(cfg, home, record, *, model_path=None, evaluation=None, ru
                         explain_path=st["explain"]["outputs"]["path"])
 
 
+def register_worse(cfg, home, record, out_dir):
+    """Register a model fit on shuffled labels (no signal): the gate must keep the champion."""
+    from sklearn.linear_model import LogisticRegression
+
+    pre = record["stages"]["preprocess"]["outputs"]
+    X, y = load_split(pre["path"], "train")
+    worse = LogisticRegression(max_iter=300).fit(X, np.random.default_rng(0).permutation(y))
+    save_model(worse, out_dir / "model.skops")
+    ev = run_evaluate(cfg.evaluate.model_copy(update={"n_bootstrap": 20}), worse, pre["path"], out_dir)
+    return register_from_run(cfg, home, record, model_path=str(out_dir / "model.skops"), evaluation=ev, run_id="worse")
+
+
 @pytest.fixture(scope="module")
 def registry(pipeline_run, tmp_path_factory):
     """(cfg, home, v1, v2, preprocess outputs) in a fresh home."""
-    from sklearn.linear_model import LogisticRegression
-
     cfg, _, record = pipeline_run
     home = Home.resolve(tmp_path_factory.mktemp("registry_home")).ensure()
     v1 = register_from_run(cfg, home, record, run_id="good")
-    pre = record["stages"]["preprocess"]["outputs"]
-    X, y = load_split(pre["path"], "train")
-    worse = LogisticRegression(max_iter=300).fit(X, np.random.default_rng(0).permutation(y))  # labels shuffled
-    out = tmp_path_factory.mktemp("worse")
-    save_model(worse, out / "model.skops")
-    ev = run_evaluate(cfg.evaluate.model_copy(update={"n_bootstrap": 20}), worse, pre["path"], out)
-    v2 = register_from_run(cfg, home, record, model_path=str(out / "model.skops"), evaluation=ev, run_id="worse")
-    return cfg, home, v1, v2, pre
+    v2 = register_worse(cfg, home, record, tmp_path_factory.mktemp("worse"))
+    return cfg, home, v1, v2, record["stages"]["preprocess"]["outputs"]

@@ -117,14 +117,14 @@ def test_promote_and_rollback_from_the_cli(registry, monkeypatch):
     cfg, home, *_ = registry
     monkeypatch.setenv("MLOPS_RAY_HOME", str(home.root))
     runner = CliRunner()
-    res = runner.invoke(app, ["models", "promote", "flights", "2"])
+    res = runner.invoke(app, ["models", "promote", "flights", "2", "--no-switch"])
     assert res.exit_code == 0, res.output
     assert _champion(cfg, home) == "2"
     assert "challenger" not in (client(cfg.register_, home).get_registered_model("flights").aliases or {})
-    res = runner.invoke(app, ["models", "rollback", "flights"])
+    res = runner.invoke(app, ["models", "rollback", "flights", "--no-switch"])
     assert res.exit_code == 0, res.output
     assert "from v2 to v1" in res.output and _champion(cfg, home) == "1"
-    res = runner.invoke(app, ["models", "rollback", "flights"])
+    res = runner.invoke(app, ["models", "rollback", "flights", "--no-switch"])
     assert res.exit_code == 2 and "no earlier champion" in res.output
     assert runner.invoke(app, ["models", "promote", "flights", "99"]).exit_code == 2
 
