@@ -192,12 +192,16 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
             for b, m in evaluation.baselines.items():
                 if m.get("roc_auc") is not None:
                     mlflow.log_metric(f"baseline_{b}_test_roc_auc", m["roc_auc"])
-            model_info = mlflow.pyfunc.log_model(
-                name=ARTIFACT_NAME, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={MODEL_DIR: str(staged)}, code_paths=[str(Path(__file__).resolve().parent.parent)],
-                signature=_signature(),
-                pip_requirements=[f"{k}=={v}" for k, v in libs.items() if k in ("scikit-learn", "skops", "pandas",
-                                                                                 "numpy", "mlflow")] + ["pyarrow"])
+            import warnings
+
+            with warnings.catch_warnings():  # the signature is explicit; an input example would load the model
+                warnings.filterwarnings("ignore", message="An input example was not provided")
+                model_info = mlflow.pyfunc.log_model(
+                    name=ARTIFACT_NAME, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                    artifacts={MODEL_DIR: str(staged)}, code_paths=[str(Path(__file__).resolve().parent.parent)],
+                    signature=_signature(),
+                    pip_requirements=[f"{k}=={v}" for k, v in libs.items()
+                                      if k in ("scikit-learn", "skops", "pandas", "numpy", "mlflow")] + ["pyarrow"])
             rid = run.info.run_id
     tags = {"data_fingerprint": data_fingerprint, "artifact_sha256": digest, "git_commit": commit,
             "config_hash": config_hash, "pipeline_run_id": run_id,
