@@ -195,7 +195,7 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
             import warnings
 
             with warnings.catch_warnings():  # the signature is explicit; an input example would load the model
-                warnings.filterwarnings("ignore", message="An input example was not provided")
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
                 model_info = mlflow.pyfunc.log_model(
                     name=ARTIFACT_NAME, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                     artifacts={MODEL_DIR: str(staged)}, code_paths=[str(Path(__file__).resolve().parent.parent)],
