@@ -48,7 +48,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(msg: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -77,7 +79,9 @@ class _StageProgress:
         if event == "done":
             console.print(f"[green]✓[/] {stage:<10} {payload['duration_s']:7.1f} s  {_headline(stage, payload['outputs'])}")
         else:
-            console.print(f"[red]✗[/] {stage:<10} failed: {payload.get('error', '')[:300]}")
+            from rich.markup import escape
+
+            console.print(f"[red]✗[/] {stage:<10} failed: {escape(payload.get('error', '')[:300])}")
 
 
 def _headline(stage: str, out: dict[str, Any]) -> str:
@@ -107,7 +111,7 @@ def _headline(stage: str, out: dict[str, Any]) -> str:
     return ""
 
 
-def _summary(record: dict[str, Any]) -> None:
+def _summary(record: dict[str, Any], keep_serving: bool = False) -> None:
     st = record["stages"]
     console.print(f"\n[bold]run {record['run_id']}[/]: {record['status']}   record: "
                   f"{Path(record['home']) / 'runs' / record['run_id'] / 'run.json'}")
@@ -145,6 +149,8 @@ def _summary(record: dict[str, Any]) -> None:
         console.print(t)
     if "deploy" in st and st["deploy"].get("status") == "succeeded":
         console.print(f"endpoint: {st['deploy']['outputs']['url']}/v1/predict  (GET /v1/model, /healthz, /readyz)")
+        if not keep_serving:
+            console.print("the endpoint stops when this command exits; add --keep-serving to keep it up")
 
 
 def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, keep_serving=False, verbose=False,
@@ -173,7 +179,7 @@ def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, kee
     try:
         record = run_pipeline(cfg, sessions=sessions, run_id=run_id, from_stage=from_stage, only=only,
                               progress=_StageProgress(), config_path=str(config) if config else None, home=home)
-        _summary(record)
+        _summary(record, keep_serving)
         if keep_serving and "deploy" in record["stages"]:
             url = record["stages"]["deploy"]["outputs"]["url"]
             console.print(f"\n[bold]serving at {url}[/] - press Ctrl-C (or send SIGTERM) to stop.")
@@ -375,17 +381,33 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file o
         served = load_served_model(cfg.register_, Home.resolve(), uri, tempfile.mkdtemp(prefix="mlops_ray_predict_"))
     except RegistryError as e:
         _fail(str(e), 2)
+    from mlops_ray.serve.schema import validate_record
+
     cols = [c for c in INPUT_SCHEMA if c in frame]
-    proba = served.predict_proba(frame[cols])
+    raw = json.loads(frame[cols].to_json(orient="records"))
+    good, errors = [], []
+    for i, rec in enumerate(raw):
+        clean, problems = validate_record({k: v for k, v in rec.items() if v is not None}, i)
+        good.append(clean if not problems else None)
+        errors.append("; ".join(f"{p['loc'][-1]}: {p['msg']}" for p in problems) or None)
+    ok = [i for i, g in enumerate(good) if g is not None]
     result = frame.copy()
-    result["probability"] = proba
-    result["label"] = (proba >= served.threshold).astype(int)
+    result["probability"] = float("nan")
+    result["label"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+    if ok:
+        proba = served.predict_proba([good[i] for i in ok])
+        result.loc[result.index[ok], "probability"] = proba
+        result.loc[result.index[ok], "label"] = (proba >= served.threshold).astype(int)
     result["model_version"] = served.version
+    result["error"] = errors
     if out.suffix == ".parquet":
         result.to_parquet(out)
     else:
         result.to_csv(out, index=False)
-    console.print(f"scored {len(result):,} rows with {served.name} v{served.version} -> {out}")
+    rejected = len(frame) - len(ok)
+    if rejected:
+        console.print(f"{rejected:,} row(s) not scored (invalid input); their reason is in the 'error' column")
+    console.print(f"scored {len(ok):,} of {len(result):,} rows with {served.name} v{served.version} -> {out}")
 
 
 @app.command()
@@ -404,7 +426,7 @@ def main() -> None:
     try:
         app()
     except MlopsRayError as e:  # any error that escaped a command
-        err_console.print(f"error: {e}")
+        err_console.print(f"error: {e}", markup=False, highlight=False)
         sys.exit(2)
 
 

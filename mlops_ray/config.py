@@ -352,7 +352,8 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"Config file {p} does not exist. Pass --config PATH to an existing YAML file "
                           f"(the bundled default is {default_config_path()}).")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with p.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+            data = yaml.safe_load(stream)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"Config file {p} is not valid YAML: {err}") from None
     if data is None:

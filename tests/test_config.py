@@ -98,3 +98,12 @@ def test_import_starts_nothing():
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_yaml_syntax_error_is_shown_verbatim_with_the_file_name(tmp_path):
+    bad = tmp_path / "syntax.yaml"
+    bad.write_text("tune: [num_samples: 3\n")
+    res = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "expected ',' or ']'" in text and "syntax.yaml" in text

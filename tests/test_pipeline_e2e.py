@@ -92,3 +92,32 @@ def test_rerun_of_a_stage_hits_the_cache_and_resume_continues_the_run(pipeline_r
     assert again["run_id"] == record["run_id"]
     assert again["stages"]["preprocess"]["outputs"]["cache_hit"] is True
     assert again["stages"]["evaluate"]["outputs"]["model"] == record["stages"]["evaluate"]["outputs"]["model"]
+
+
+def test_batch_predict_scores_valid_rows_and_reports_invalid_ones(pipeline_run, tmp_path, monkeypatch):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mlops_ray.cli import app
+    from mlops_ray.preprocess.derive import INPUT_SCHEMA
+    from mlops_ray.serve.model import load_served_model
+
+    cfg, home, record = pipeline_run
+    pre = record["stages"]["preprocess"]["outputs"]
+    rows = pd.read_parquet(Path(pre["path"]) / "data" / "test", columns=list(INPUT_SCHEMA)).head(6)
+    rows.loc[rows.index[2], "day"] = 31
+    rows.loc[rows.index[2], "month"] = 11  # 2013-11-31 does not exist
+    rows.loc[rows.index[4], "sched_dep_time"] = 2575
+    src = tmp_path / "in.csv"
+    rows.to_csv(src, index=False)
+    monkeypatch.setenv("MLOPS_RAY_HOME", str(home.root))
+    res = CliRunner().invoke(app, ["predict", "--data", str(src), "--out", str(tmp_path / "out.csv")])
+    assert res.exit_code == 0, res.output
+    assert "scored 4 of 6 rows" in res.output
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["error"].notna().tolist() == [False, False, True, False, True, False]
+    assert "not a calendar date" in out["error"][2] and "sched_dep_time" in out["error"][4]
+    served = load_served_model(cfg.register_, home, "models:/flights@champion", tmp_path / "dl")
+    good = rows.drop(index=rows.index[[2, 4]])
+    scored = out["probability"].dropna().to_numpy()
+    assert abs(scored - served.predict_proba(good)).max() < 1e-9

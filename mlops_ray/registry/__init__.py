@@ -335,11 +335,17 @@ def resolve_version(cfg: RegisterConfig, home: Home, uri: str):
         return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
     except MlflowException:
         try:
-            names = [m.name for m in c.search_registered_models()]
+            models = {m.name: m for m in c.search_registered_models()}
         except MlflowException:  # pragma: no cover
-            names = []
+            models = {}
+        if name in models:
+            aliases = sorted((models[name].aliases or {}).keys())
+            what = f"alias '{alias}'" if alias else f"version {version}"
+            raise RegistryError(f"model URI '{uri}' does not resolve: '{name}' has no {what}; its aliases: "
+                                f"{aliases or 'none'}. See `mlops-ray models list`.") from None
         raise RegistryError(f"model URI '{uri}' does not resolve in {tracking_uri(cfg, home)}; registered models: "
-                            f"{names or 'none'}. Run the pipeline (`mlops-ray run`) or see `mlops-ray models list`.") from None
+                            f"{sorted(models) or 'none'}. Run the pipeline (`mlops-ray run`) or see "
+                            "`mlops-ray models list`.") from None
 
 
 def check_libraries(recorded: dict[str, str], allow_mismatch: bool, what: str) -> None:

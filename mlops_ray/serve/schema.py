@@ -119,37 +119,57 @@ def validate_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
         raise ApiError(413, "payload_too_large", f"{len(records)} records in one request; at most {max_records} allowed")
     out = []
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            problems.append({"loc": ["records", i], "msg": f"expected an object, got {type(rec).__name__}"})
-            continue
-        clean: dict[str, Any] = {}
-        for k, v in rec.items():
-            if k in OUTCOME_COLUMNS:
-                problems.append({"loc": ["records", i, k], "msg": "outcome field: only known after the flight, "
-                                 "not accepted as input"})
-            elif k not in INPUT_SCHEMA:
-                problems.append({"loc": ["records", i, k], "msg": "unknown field"})
-        for name, (kind, required) in INPUT_SCHEMA.items():
-            if name not in rec or rec[name] is None:
-                if required:
-                    problems.append({"loc": ["records", i, name],
-                                     "msg": "field required" if name not in rec else "must not be null"})
-                continue
-            v = rec[name]
-            if not _type_ok(kind, v):
-                problems.append({"loc": ["records", i, name], "msg": f"expected {kind}, got {type(v).__name__} {v!r}"[:200]})
-                continue
-            if kind == "integer":
-                v = int(v)
-            why = _range_problem(name, v)
-            if why:
-                problems.append({"loc": ["records", i, name], "msg": why})
-                continue
-            clean[name] = v
+        clean, found = validate_record(rec, i)
+        problems += found
         out.append(clean)
     if problems:
         raise ApiError(422, "validation_error", f"{len(problems)} problem(s) in the records", problems)
     return out
+
+
+def validate_record(rec: Any, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One record against the input schema: (clean record, problems with ``loc`` ["records", i, field])."""
+    problems: list[dict[str, Any]] = []
+    if not isinstance(rec, dict):
+        return {}, [{"loc": ["records", i], "msg": f"expected an object, got {type(rec).__name__}"}]
+    clean: dict[str, Any] = {}
+    for k in rec:
+        if k in OUTCOME_COLUMNS:
+            problems.append({"loc": ["records", i, k], "msg": "outcome field: only known after the flight, "
+                             "not accepted as input"})
+        elif k not in INPUT_SCHEMA:
+            problems.append({"loc": ["records", i, k], "msg": "unknown field"})
+    for name, (kind, required) in INPUT_SCHEMA.items():
+        if name not in rec or rec[name] is None:
+            if required:
+                problems.append({"loc": ["records", i, name],
+                                 "msg": "field required" if name not in rec else "must not be null"})
+            continue
+        v = rec[name]
+        if not _type_ok(kind, v):
+            problems.append({"loc": ["records", i, name], "msg": f"expected {kind}, got {type(v).__name__} {v!r}"[:200]})
+            continue
+        if kind == "integer":
+            v = int(v)
+        why = _range_problem(name, v)
+        if why:
+            problems.append({"loc": ["records", i, name], "msg": why})
+            continue
+        clean[name] = v
+    if not problems and not _date_ok(clean):
+        problems.append({"loc": ["records", i, "day"],
+                         "msg": f"{clean['year']}-{clean['month']:02d}-{clean['day']:02d} is not a calendar date"})
+    return clean, problems
+
+
+def _date_ok(rec: dict[str, Any]) -> bool:
+    from datetime import date
+
+    try:
+        date(rec["year"], rec["month"], rec["day"])
+        return True
+    except (KeyError, ValueError):
+        return False
 
 
 def input_schema_description(spec=None) -> list[dict[str, Any]]:

@@ -121,10 +121,12 @@ def run_tune(cfg: TuneConfig, ray, preprocess_path: str, preprocess_key: str, ho
         tuner = tune.Tuner(
             trainable,
             param_space=to_param_space(cfg.search_space),
+            # concurrency is the search algorithm's setting once one is given (Tune ignores
+            # TuneConfig.max_concurrent_trials then)
             tune_config=tune.TuneConfig(metric=cfg.metric, mode="max", num_samples=cfg.num_samples,
-                                        max_concurrent_trials=cfg.max_concurrent_trials,
-                                        search_alg=BasicVariantGenerator(random_state=cfg.seed)),
-            run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=1),
+                                        search_alg=BasicVariantGenerator(random_state=cfg.seed,
+                                                                         max_concurrent=cfg.max_concurrent_trials)),
+            run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=0),
         )
         grid = tuner.fit()
         failed = [r for r in grid if r.error is not None]

@@ -107,8 +107,10 @@ def test_library_mismatch_is_refused_unless_allowed(recorded, allow, match):
 
 def test_unknown_uri_names_what_exists(registry):
     cfg, home, *_ = registry
-    with pytest.raises(RegistryError, match=r"does not resolve .* registered models: \['flights'\]"):
+    with pytest.raises(RegistryError, match=r"'flights' has no alias 'nobody'; its aliases: \[.*'champion'"):
         resolve_version(cfg.register_, home, "models:/flights@nobody")
+    with pytest.raises(RegistryError, match=r"does not resolve .* registered models: \['flights'\]"):
+        resolve_version(cfg.register_, home, "models:/nomodel@champion")
     with pytest.raises(RegistryError, match="is not valid"):
         resolve_version(cfg.register_, home, "flights:1")
 
