@@ -99,11 +99,11 @@ def _headline(stage: str, out: dict[str, Any]) -> str:
         auc = out["model"]["roc_auc"]
         flagged = sum(1 for s in out.get("slices", []) if s["flagged"])
         return (f"test ROC AUC {auc:.4f}" if auc is not None else "test ROC AUC undefined") + \
-            f", {flagged} flagged slice(s)"
+            f", {flagged} flagged slice(s){hit}"
     if stage == "explain":
-        return f"top features {', '.join(out['top_features'][:4])}"
+        return f"top features {', '.join(out['top_features'][:4])}{hit}"
     if stage == "register":
-        return f"{out['name']} v{out['version']} -> {out['alias']}"
+        return f"{out['name']} v{out['version']} -> {out['alias']}{hit}"
     if stage == "deploy":
         return f"{out['model_uri']} at {out['url']}"
     if stage == "smoke":
@@ -343,15 +343,29 @@ def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @runs_app.command("show")
-def runs_show(run_id: str) -> None:
-    """Print one run record (run.json)."""
+def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the whole run.json.")) -> None:
+    """Show one run: status and each stage's duration and headline (--json: the full record)."""
     from mlops_ray.home import Home
     from mlops_ray.pipeline import RunRecord
 
     try:
-        print(json.dumps(RunRecord.load(Home.resolve(), run_id).data, indent=2))
+        data = RunRecord.load(Home.resolve(), run_id).data
     except ConfigError as e:
         _fail(str(e), 2)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    t = Table(title=f"run {data['run_id']}: {data['status']} (created {data['created']})")
+    for c in ("stage", "status", "seconds", "summary"):
+        t.add_column(c)
+    for stage, st in data["stages"].items():
+        summary = _headline(stage, st["outputs"]) if st.get("status") == "succeeded" else (st.get("error") or "")
+        t.add_row(stage, st.get("status", ""), f"{st['duration_s']:.1f}" if st.get("duration_s") is not None else "",
+                  summary[:200])
+    console.print(t)
+    report = Path(data["home"]) / "runs" / data["run_id"] / "report.html"
+    if report.is_file():
+        console.print(f"report: {report}")
 
 
 @app.command()

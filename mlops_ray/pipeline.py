@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mlops_ray.cache import cache_key, cached, code_version
 from mlops_ray.config import Config
 from mlops_ray.errors import ConfigError, MlopsRayError, StageError
 from mlops_ray.home import ENV_VAR, Home
@@ -221,7 +222,12 @@ def _evaluate(cfg, sessions, record, home):
     from mlops_ray.tune import load_model
 
     pre, tun = record.outputs("preprocess"), record.outputs("tune")
-    return _asdict(run_evaluate(cfg.evaluate, load_model(tun["model_path"]), pre["path"], record.dir, cfg.tune.seed))
+    key = cache_key("evaluate", pre["key"], tun["key"], cfg.evaluate.fingerprint(), cfg.tune.seed,
+                    code_version("evaluate"))
+    entry = cached(home, "evaluate", key, lambda out: run_evaluate(cfg.evaluate, load_model(tun["model_path"]),
+                                                                    pre["path"], out, cfg.tune.seed))
+    path = entry.path / "evaluation.json"
+    return {**json.loads(path.read_text()), "path": str(path), "cache_hit": entry.hit}
 
 
 def _explain(cfg, sessions, record, home):
@@ -229,7 +235,13 @@ def _explain(cfg, sessions, record, home):
     from mlops_ray.tune import load_model
 
     pre, tun = record.outputs("preprocess"), record.outputs("tune")
-    return _asdict(run_explain(cfg.explain, load_model(tun["model_path"]), pre["path"], record.dir))
+    key = cache_key("explain", pre["key"], tun["key"], cfg.explain.fingerprint(), code_version("explain"))
+    entry = cached(home, "explain", key, lambda out: run_explain(cfg.explain, load_model(tun["model_path"]),
+                                                                  pre["path"], out))
+    path = entry.path / "explain.json"
+    data = json.loads(path.read_text())
+    return {"path": str(path), "top_features": [r["feature"] for r in data["permutation_importance"][: cfg.explain.top_k]],
+            "n_rows": data["n_rows"], "cache_hit": entry.hit}
 
 
 def _register(cfg, sessions, record, home):

@@ -121,3 +121,29 @@ def test_batch_predict_scores_valid_rows_and_reports_invalid_ones(pipeline_run, 
     good = rows.drop(index=rows.index[[2, 4]])
     scored = out["probability"].dropna().to_numpy()
     assert abs(scored - served.predict_proba(good)).max() < 1e-9
+
+
+def test_runs_show_summarises_and_json_gives_the_record(pipeline_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlops_ray.cli import app
+
+    _, home, record = pipeline_run
+    monkeypatch.setenv("MLOPS_RAY_HOME", str(home.root))
+    res = CliRunner().invoke(app, ["runs", "show", record["run_id"]])
+    assert res.exit_code == 0, res.output
+    assert "preprocess" in res.output and "succeeded" in res.output and "report:" in res.output
+    res = CliRunner().invoke(app, ["runs", "show", record["run_id"], "--json"])
+    assert json.loads(res.output)["run_id"] == record["run_id"]
+    assert CliRunner().invoke(app, ["runs", "show", "nope"]).exit_code == 2
+
+
+def test_second_run_reuses_every_stage_through_register(pipeline_run, sessions):
+    cfg, home, record = pipeline_run
+    again = run_pipeline(cfg, sessions=sessions, home=home, release_spark=False)
+    st = again["stages"]
+    assert again["status"] == "succeeded" and again["run_id"] != record["run_id"]
+    for stage in ("ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register"):
+        assert st[stage]["outputs"]["cache_hit"] is True, stage
+    assert st["register"]["outputs"]["version"] == "1" and "not registered again" in st["register"]["outputs"]["reason"]
+    assert len(list_versions(cfg.register_, home)) == len({v["version"] for v in list_versions(cfg.register_, home)})

@@ -59,6 +59,7 @@ class EvaluateResult:
     threshold_rule: str = "max_f1"
     confidence: float = 0.95
     rows: dict[str, int] = field(default_factory=dict)
+    cache_hit: bool = False
 
 
 def _single_class_reason(y: np.ndarray) -> str | None:

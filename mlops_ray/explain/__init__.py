@@ -61,6 +61,7 @@ class ExplainResult:
     path: str
     top_features: list[str]
     n_rows: int
+    cache_hit: bool = False
 
 
 def explanation(cfg: ExplainConfig, estimator, spec: FeatureSpec, derived: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class RegisteredVersion:
     uri: str
     run_id: str
     reason: str
+    cache_hit: bool = False
 
 
 def tracking_uri(cfg: RegisterConfig, home: Home) -> str:
@@ -164,6 +165,16 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
     import mlflow
 
     c = client(cfg, home)
+    model_sha = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    same = _same_version(c, cfg.model_name, model_sha, data_fingerprint)
+    if same is not None:  # re-run with nothing changed: no duplicate version
+        aliases = [a for a, v in (c.get_registered_model(cfg.model_name).aliases or {}).items() if str(v) == str(same.version)]
+        alias = "champion" if "champion" in aliases else (aliases[0] if aliases else None)
+        reason = f"unchanged: v{same.version} has the same model file and data fingerprint; not registered again"
+        logger.info("register: %s", reason)
+        return RegisteredVersion(name=cfg.model_name, version=str(same.version), alias=alias,
+                                 uri=f"models:/{cfg.model_name}/{same.version}", run_id=same.run_id, reason=reason,
+                                 cache_hit=True)
     exp_id = _experiment_id(c, cfg, home)
     libs = library_versions()
     commit = git_commit()
@@ -204,6 +215,7 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
                                       if k in ("scikit-learn", "skops", "pandas", "numpy", "mlflow")] + ["pyarrow"])
             rid = run.info.run_id
     tags = {"data_fingerprint": data_fingerprint, "artifact_sha256": digest, "git_commit": commit,
+            "model_sha256": model_sha,
             "config_hash": config_hash, "pipeline_run_id": run_id,
             **{f"library.{k}": v for k, v in libs.items()}}
     mv = mlflow.register_model(model_info.model_uri, cfg.model_name, tags=tags)
@@ -217,6 +229,21 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
     logger.info("register: %s version %s -> %s (%s)", cfg.model_name, version, alias, reason)
     return RegisteredVersion(name=cfg.model_name, version=version, alias=alias,
                              uri=f"models:/{cfg.model_name}@{alias}", run_id=rid, reason=reason)
+
+
+def _same_version(c, name: str, model_sha: str, data_fingerprint: str):
+    """An existing version with the same model file and data fingerprint, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in versions:
+        tags = mv.tags or {}
+        if tags.get("model_sha256") == model_sha and tags.get("data_fingerprint") == data_fingerprint:
+            return mv
+    return None
 
 
 def _champion_or_none(c, name: str):
