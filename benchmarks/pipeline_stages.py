@@ -37,8 +37,15 @@ def run() -> dict:
     wall = time.monotonic() - t0
     time.sleep(3)
     left = [p for p in _leftovers() if p not in before]
+    t1 = time.monotonic()
+    again = subprocess.run([str(exe), "run"], cwd=work, env=env, capture_output=True, text=True)
+    wall_again = time.monotonic() - t1
     runs = sorted((work / "home" / "runs").glob("*/run.json"))
-    record = json.loads(runs[-1].read_text()) if runs else {"stages": {}, "status": "missing"}
+    record = json.loads(runs[0].read_text()) if runs else {"stages": {}, "status": "missing"}
+    second = json.loads(runs[1].read_text()) if len(runs) > 1 else {"stages": {}, "status": "missing"}
+    through_register = ("ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register")
+    cached_s = sum(second["stages"].get(s, {}).get("duration_s") or 0 for s in through_register)
+    all_cached = all(second["stages"].get(s, {}).get("outputs", {}).get("cache_hit") for s in through_register)
     st = record["stages"]
     stages = {k: v.get("duration_s") for k, v in st.items()}
     ev = st.get("evaluate", {}).get("outputs", {})
@@ -50,6 +57,9 @@ def run() -> dict:
                                                              "majority_class": majority},
                "best_family": st.get("tune", {}).get("outputs", {}).get("family"),
                "rows": st.get("validate", {}).get("outputs", {}), "leftover_processes": left,
+               "second_run": {"exit_code": again.returncode, "wall_s": round(wall_again, 1),
+                              "through_register_s": round(cached_s, 2), "all_cached": all_cached,
+                              "stage_durations_s": {k: v.get("duration_s") for k, v in second["stages"].items()}},
                "stdout_tail": proc.stdout[-3000:], "stderr_tail": proc.stderr[-2000:]}
     shutil.rmtree(work, ignore_errors=True)
     goals = [
@@ -59,6 +69,8 @@ def run() -> dict:
          "value": round(tuned - lr, 4) if tuned is not None and lr is not None else None,
          "met": tuned is not None and lr is not None and tuned > lr},
         {"goal": "Ray/Spark/Java processes left after exit", "target": "0", "value": len(left), "met": not left},
+        {"goal": "second run: stages through register, all cached, seconds", "target": "<= 10 and all cached",
+         "value": round(cached_s, 2), "met": again.returncode == 0 and all_cached and cached_s <= 10},
     ]
     table = ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in stages.items()]
     table += ["", f"Test ROC AUC: tuned ({results['best_family']}) {tuned:.4f}, logistic regression {lr:.4f}, "
