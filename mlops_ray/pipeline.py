@@ -193,28 +193,28 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
 def _ingest(cfg, sessions, record, home):
     from mlops_ray.ingest import run_ingest
 
-    return _asdict(run_ingest(cfg.ingest, sessions.spark, home))
+    return _asdict(run_ingest(cfg.ingest, lambda: sessions.spark, home))
 
 
 def _validate(cfg, sessions, record, home):
     from mlops_ray.validate import run_validate
 
     ing = record.outputs("ingest")
-    return _asdict(run_validate(cfg.validate_, sessions.spark, ing["path"], ing["key"], home))
+    return _asdict(run_validate(cfg.validate_, lambda: sessions.spark, ing["path"], ing["key"], home))
 
 
 def _preprocess(cfg, sessions, record, home):
     from mlops_ray.preprocess import run_preprocess
 
     ing, val = record.outputs("ingest"), record.outputs("validate")
-    return _asdict(run_preprocess(cfg.preprocess, sessions.spark, ing["path"], val["path"], val["key"], home))
+    return _asdict(run_preprocess(cfg.preprocess, lambda: sessions.spark, ing["path"], val["path"], val["key"], home))
 
 
 def _tune(cfg, sessions, record, home):
     from mlops_ray.tune import run_tune
 
     pre = record.outputs("preprocess")
-    return _asdict(run_tune(cfg.tune, sessions.ray(), pre["path"], pre["key"], home))
+    return _asdict(run_tune(cfg.tune, sessions.ray, pre["path"], pre["key"], home))
 
 
 def _evaluate(cfg, sessions, record, home):

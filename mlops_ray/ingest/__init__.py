@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mlops_ray.cache import cache_key, cached, code_version
@@ -99,8 +101,11 @@ def read_table(spark: "SparkSession", name: str, path: Path):
     return reader.schema(SCHEMAS[name]).csv(str(path))
 
 
-def run_ingest(cfg: IngestConfig, spark: "SparkSession", home: Home) -> IngestResult:
+def run_ingest(cfg: IngestConfig, spark: "Callable[[], SparkSession]", home: Home) -> IngestResult:
     """Read the source tables and write them as Parquet under ``cache/ingest/<key>/<table>/``.
+
+    Args:
+        spark: returns the SparkSession; called only when the output is not cached yet.
 
     Returns:
         IngestResult with row counts per table.
@@ -113,22 +118,24 @@ def run_ingest(cfg: IngestConfig, spark: "SparkSession", home: Home) -> IngestRe
     rows: dict[str, int] = {}
 
     def build(out: Path) -> None:
+        session = spark()
         staging = out / "_staging"
         staging.mkdir()
         for t, p in files.items():
-            df = read_table(spark, t, _as_csv(p, staging))
+            df = read_table(session, t, _as_csv(p, staging))
             if t == "flights":
                 df = df.cache()
                 if cfg.sample_fraction < 1.0:
                     df = df.sample(fraction=cfg.sample_fraction, seed=cfg.sample_seed)
             df.write.mode("overwrite").parquet(str(out / t))
+            rows[t] = session.read.parquet(str(out / t)).count()
         import shutil
 
         shutil.rmtree(staging)
+        (out / "counts.json").write_text(json.dumps(rows, sort_keys=True))
 
     entry = cached(home, "ingest", key, build)
-    for t in TABLES:
-        rows[t] = spark.read.parquet(str(entry.path / t)).count()
+    rows = json.loads((entry.path / "counts.json").read_text())
     if rows["flights"] == 0:
         raise DataError(f"ingest: the flights table from {files['flights']} has no rows; expected at least one.")
     logger.info("ingest: %s (cache %s)", rows, "hit" if entry.hit else "miss")

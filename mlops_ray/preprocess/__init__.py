@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -134,9 +135,11 @@ def reference_stats(joined_train: "DataFrame", numeric: tuple[str, ...], categor
     return out
 
 
-def run_preprocess(cfg: PreprocessConfig, spark: "SparkSession", ingest_path: str, validate_path: str,
-                   validate_key: str, home: Home) -> PreprocessResult:
+def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSession]", ingest_path: str,
+                   validate_path: str, validate_key: str, home: Home) -> PreprocessResult:
     """Join, derive, split by month, fit the encoder on train, write features and the manifest.
+
+    ``spark_session`` returns the SparkSession; it is called only when the output is not cached yet.
 
     Raises:
         DataError: a split has no rows or a single class in train.
@@ -146,6 +149,7 @@ def run_preprocess(cfg: PreprocessConfig, spark: "SparkSession", ingest_path: st
     key = cache_key("preprocess", validate_key, cfg.fingerprint(), code_version("preprocess"))
 
     def build(out: Path) -> None:
+        spark = spark_session()
         valid = spark.read.parquet(str(Path(validate_path) / "valid"))
         weather = spark_weather_lookup(spark.read.parquet(str(Path(ingest_path) / "weather")))
         planes = spark_planes_lookup(spark.read.parquet(str(Path(ingest_path) / "planes")))

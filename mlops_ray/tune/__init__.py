@@ -87,12 +87,13 @@ def _trial(config: dict[str, Any], X_train=None, y_train=None, X_val=None, y_val
         tune.report({"roc_auc": auc, "family": family}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def run_tune(cfg: TuneConfig, ray, preprocess_path: str, preprocess_key: str, home: Home) -> TuneResult:
+def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key: str, home: Home) -> TuneResult:
     """Run the search and keep the best model.
 
     Args:
         cfg: the ``tune`` slice.
-        ray: the connected ``ray`` module (from :class:`mlops_ray.sessions.Sessions`).
+        ray_session: returns the connected ``ray`` module (``Sessions.ray``); called only when the
+            search is not cached yet.
         preprocess_path: output folder of preprocess.
 
     Raises:
@@ -104,12 +105,12 @@ def run_tune(cfg: TuneConfig, ray, preprocess_path: str, preprocess_key: str, ho
     from mlops_ray.preprocess import load_split
 
     key = cache_key("tune", preprocess_key, cfg.fingerprint(), code_version("tune"))
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cfg.cpus_per_trial > cpus:
-        raise TuneError(f"tune.cpus_per_trial={cfg.cpus_per_trial} but the Ray cluster has {cpus} CPUs in all; "
-                        "lower tune.cpus_per_trial or add nodes.")
 
     def build(out: Path) -> None:
+        cpus = ray_session().cluster_resources().get("CPU", 0)
+        if cfg.cpus_per_trial > cpus:
+            raise TuneError(f"tune.cpus_per_trial={cfg.cpus_per_trial} but the Ray cluster has {cpus} CPUs in all; "
+                            "lower tune.cpus_per_trial or add nodes.")
         X_tr, y_tr = load_split(preprocess_path, "train")
         X_va, y_va = load_split(preprocess_path, "validation")
         logger.info("tune: train %s, validation %s, %d families x %d samples",

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mlops_ray.cache import cache_key, cached, code_version
@@ -75,9 +76,11 @@ def with_reason(flights: "DataFrame", required: tuple[str, ...]) -> "DataFrame":
     return flights.withColumn("reason", expr)
 
 
-def run_validate(cfg: ValidateConfig, spark: "SparkSession", ingest_path: str, ingest_key: str,
+def run_validate(cfg: ValidateConfig, spark: "Callable[[], SparkSession]", ingest_path: str, ingest_key: str,
                  home: Home) -> ValidateResult:
     """Split ingested flights into valid rows and a quarantine with reasons.
+
+    ``spark`` returns the SparkSession; it is called only when the output is not cached yet.
 
     Raises:
         DataError: a required column is absent, or the quality-failure share exceeds
@@ -88,7 +91,7 @@ def run_validate(cfg: ValidateConfig, spark: "SparkSession", ingest_path: str, i
     key = cache_key("validate", ingest_key, cfg.fingerprint(), code_version("validate"))
 
     def build(out: Path) -> None:
-        flights = spark.read.parquet(str(Path(ingest_path) / "flights"))
+        flights = spark().read.parquet(str(Path(ingest_path) / "flights"))
         missing = [c for c in cfg.required_columns if c not in flights.columns]
         if missing:
             raise DataError(f"validate: required column(s) {missing} are absent from flights; "
