@@ -22,7 +22,7 @@ from typing import Any
 
 from mlops_ray.cache import cache_key, cached, code_version
 from mlops_ray.config import Config
-from mlops_ray.errors import ConfigError, MlopsRayError, StageError
+from mlops_ray.errors import ConfigError, StageError
 from mlops_ray.home import ENV_VAR, Home
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlops_ray.cache import cache_key, cached, code_version
 from mlops_ray.config import TuneConfig
 from mlops_ray.errors import TuneError
