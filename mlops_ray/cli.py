@@ -74,6 +74,12 @@ class _StageProgress:
             self._status = console.status(f"[bold]{stage}[/] running...")
             self._status.start()
             return
+        if event == "retry":
+            from rich.markup import escape
+
+            console.print(f"[yellow]↻[/] {stage:<10} attempt {payload['attempt']} failed: "
+                          f"{escape(payload['error'][:200])}; retrying in {payload['retry_in_s']:.1f} s")
+            return
         if self._status is not None:
             self._status.stop()
         if event == "done":
@@ -153,8 +159,12 @@ def _summary(record: dict[str, Any], keep_serving: bool = False) -> None:
             console.print("the endpoint stops when this command exits; add --keep-serving to keep it up")
 
 
-def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, keep_serving=False, verbose=False,
-         resume_default_failed=False) -> None:
+def _raise_on_sigterm(*_: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _run(config: Optional[Path], *, from_stage=None, to_stage=None, run_id=None, only=None, keep_serving=False,
+         verbose=False, resume_default_failed=False) -> None:
     from mlops_ray.home import Home
     from mlops_ray.pipeline import latest_failed_run, run_pipeline
     from mlops_ray.sessions import Sessions
@@ -165,8 +175,8 @@ def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, kee
     if resume_default_failed and from_stage and not run_id:
         run_id = latest_failed_run(home)
         if run_id is None:
-            _fail(f"--from-stage {from_stage} needs a run to resume and no failed run exists under {home.root}; "
-                  "pass --run-id ID (see `mlops-ray runs list`).", 2)
+            _fail(f"--from-stage {from_stage} needs a run to resume and no failed or interrupted run exists under "
+                  f"{home.root}; pass --run-id ID (see `mlops-ray runs list`).", 2)
     if only and not run_id and only[0] != "ingest":
         from mlops_ray.pipeline import list_runs
 
@@ -176,8 +186,9 @@ def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, kee
             _fail(f"stage '{only[0]}' needs the outputs of earlier stages and no run exists under {home.root}; "
                   "run `mlops-ray run` first or pass --run-id.", 2)
     sessions = Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}})
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # a stopped run is recorded as failed, with its resume command
     try:
-        record = run_pipeline(cfg, sessions=sessions, run_id=run_id, from_stage=from_stage, only=only,
+        record = run_pipeline(cfg, sessions=sessions, run_id=run_id, from_stage=from_stage, to_stage=to_stage, only=only,
                               progress=_StageProgress(), config_path=str(config) if config else None, home=home)
         _summary(record, keep_serving)
         if keep_serving and "deploy" in record["stages"]:
@@ -195,6 +206,9 @@ def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, kee
         _fail(str(e), 2)
     except EnvironmentSetupError as e:
         _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run record says where it stopped: resume with `mlops-ray run --from-stage STAGE` "
+              "(see `mlops-ray runs list`).", 130)
     finally:
         sessions.close()
 
@@ -202,11 +216,17 @@ def _run(config: Optional[Path], *, from_stage=None, run_id=None, only=None, kee
 @app.command()
 def run(config: Optional[Path] = ConfigOpt,
         from_stage: Optional[str] = typer.Option(None, "--from-stage", help="Resume a run from this stage."),
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run to resume (default: the latest failed run)."),
+        to_stage: Optional[str] = typer.Option(None, "--to-stage", help="Stop after this stage (e.g. register)."),
+        run_id: Optional[str] = typer.Option(None, "--run-id",
+                                             help="Run to resume (default: the latest failed or interrupted run)."),
         keep_serving: bool = typer.Option(False, "--keep-serving", help="Keep the endpoint up until Ctrl-C."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage's details.")) -> None:
-    """Run the whole pipeline: ingest -> validate -> preprocess -> tune -> evaluate -> register -> deploy -> smoke."""
-    _run(config, from_stage=from_stage, run_id=run_id, keep_serving=keep_serving, verbose=verbose,
+    """Run the pipeline: ingest -> validate -> preprocess -> tune -> evaluate -> explain -> register -> deploy -> smoke.
+
+    Unchanged stages are reused from the cache (marked "cached"); a failing stage is retried
+    with backoff (automate.retry) and a failed run prints the command that resumes it.
+    """
+    _run(config, from_stage=from_stage, to_stage=to_stage, run_id=run_id, keep_serving=keep_serving, verbose=verbose,
          resume_default_failed=True)
 
 
@@ -355,13 +375,16 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help="P
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    t = Table(title=f"run {data['run_id']}: {data['status']} (created {data['created']})")
-    for c in ("stage", "status", "seconds", "summary"):
+    from mlops_ray.pipeline import effective_status
+
+    t = Table(title=f"run {data['run_id']}: {effective_status(data)} (created {data['created']})")
+    for c in ("stage", "status", "attempts", "seconds", "summary"):
         t.add_column(c)
     for stage, st in data["stages"].items():
         summary = _headline(stage, st["outputs"]) if st.get("status") == "succeeded" else (st.get("error") or "")
-        t.add_row(stage, st.get("status", ""), f"{st['duration_s']:.1f}" if st.get("duration_s") is not None else "",
-                  summary[:200])
+        status = "cached" if st.get("cached") else st.get("status", "")
+        t.add_row(stage, status, str(len(st.get("attempts", [])) or ""),
+                  f"{st['duration_s']:.1f}" if st.get("duration_s") is not None else "", summary[:200])
     console.print(t)
     report = Path(data["home"]) / "runs" / data["run_id"] / "report.html"
     if report.is_file():
@@ -422,6 +445,83 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file o
     if rejected:
         console.print(f"{rejected:,} row(s) not scored (invalid input); their reason is in the 'error' column")
     console.print(f"scored {len(ok):,} of {len(result):,} rows with {served.name} v{served.version} -> {out}")
+
+
+SUBMIT_VERBS = ("status", "logs", "stop")
+
+
+@app.command()
+def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or status|logs|stop JOB_ID."),
+           job_id: Optional[str] = typer.Argument(None, help="Submission id (for status/logs/stop)."),
+           address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard URL, e.g. http://head:8265 "
+                                                 "(default: RAY_ADDRESS, else a local cluster)."),
+           config: Optional[Path] = ConfigOpt,
+           run_id: Optional[str] = typer.Option(None, "--run-id", help="Run record the job continues (stages of one "
+                                                "run share it; required for stages after ingest)."),
+           from_stage: Optional[str] = typer.Option(None, "--from-stage", help="pipeline only: resume from here."),
+           to_stage: Optional[str] = typer.Option(None, "--to-stage", help="pipeline only: stop after this stage."),
+           working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Folder uploaded as the job's "
+                                                      "working dir (default: this project checkout, if any)."),
+           no_wait: bool = typer.Option(False, "--no-wait", help="Return once submitted; do not follow the logs."),
+           timeout_s: Optional[float] = typer.Option(None, "--timeout-s", help="Stop waiting after this long."),
+           as_json: bool = typer.Option(False, "--json", help="status: print JSON.")) -> None:
+    """Ray Jobs: submit the pipeline or one stage to a cluster; or status/logs/stop of a job.
+
+    MLOPS_RAY_HOME must be storage the cluster shares (the job writes its run record there).
+    Exit code: 0 when the job succeeded (or was submitted with --no-wait), 1 when it failed.
+    """
+    from mlops_ray.home import Home
+    from mlops_ray.ray_jobs import TARGETS, job_client, job_summary, submit as submit_job, wait_for_job
+
+    _setup_logging(False)
+    if target not in (*TARGETS, *SUBMIT_VERBS):
+        _fail(f"unknown submit target '{target}'; expected 'pipeline', a stage ({', '.join(TARGETS[1:])}) "
+              f"or {'/'.join(SUBMIT_VERBS)} JOB_ID.", 2)
+    try:
+        if target in SUBMIT_VERBS:
+            if not job_id:
+                _fail(f"`mlops-ray submit {target}` needs a JOB_ID (the submission id printed at submit; "
+                      "list them with `ray job list`).", 2)
+            client = job_client(address)
+            if target == "status":
+                info = job_summary(client, job_id)
+                if as_json:
+                    print(json.dumps(info, indent=2))
+                else:
+                    console.print(f"{job_id}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+            elif target == "logs":
+                sys.stdout.write(client.get_job_logs(job_id))
+            else:
+                stopped = client.stop_job(job_id)
+                console.print(f"{job_id}: {'stop requested' if stopped else 'already ended'}")
+            return
+        if job_id:
+            _fail(f"unexpected argument '{job_id}' after '{target}'; JOB_ID goes with status/logs/stop only.", 2)
+        cfg = _load(config)
+        home = Home.resolve().ensure()
+        client = job_client(address)
+        job = submit_job(client, target, cfg, home, run_id=run_id, from_stage=from_stage, to_stage=to_stage,
+                         working_dir=working_dir)
+    except typer.Exit:
+        raise
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except RuntimeError as e:  # Ray's client: unknown job id, 401/403, HTTP errors
+        _fail(str(e), 2)
+    console.print(f"submitted [bold]{job.submission_id}[/]: {job.entrypoint}", highlight=False)
+    if no_wait:
+        console.print(f"follow it with `mlops-ray submit logs {job.submission_id}`", highlight=False)
+        return
+    try:
+        status = wait_for_job(client, job.submission_id, on_logs=lambda text: sys.stdout.write(text),
+                              timeout_s=timeout_s)
+    except TimeoutError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail(f"stopped following; job {job.submission_id} keeps running "
+              f"(`mlops-ray submit stop {job.submission_id}` stops it).", 130)
+    console.print(f"job {job.submission_id}: {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
 @app.command()

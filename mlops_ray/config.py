@@ -284,6 +284,60 @@ class DeployConfig(_Model):
     ready_timeout_s: Annotated[float, Field(gt=0)] = Field(180.0, description="How long deploy waits for /readyz.")
 
 
+# --------------------------------------------------------------------------- automation
+StageName = Literal["ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register", "deploy", "smoke"]
+
+
+class RetryConfig(_Model):
+    """Per-stage retries with exponential backoff (delay before attempt k+1 = initial * multiplier**(k-1), capped).
+
+    Only failures a retry can fix are retried: config, data and environment errors are
+    deterministic and fail at once.
+    """
+
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        2, description="Attempts per stage including the first (1 = no retry).")
+    initial_backoff_s: Annotated[float, Field(ge=0)] = Field(5.0, description="Delay before the second attempt, seconds.")
+    backoff_multiplier: Annotated[float, Field(ge=1)] = Field(2.0, description="Each further delay is this times the last.")
+    max_backoff_s: Annotated[float, Field(ge=0)] = Field(120.0, description="Upper bound of one delay, seconds.")
+
+    def delay_s(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt ``failed_attempt`` (1-based) failed."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier ** (failed_attempt - 1))
+
+
+class BatchMetricsConfig(_Model):
+    """Prometheus metrics of a pipeline run (names in ../shared/CONTRACTS.md), written at the end of every run."""
+
+    textfile_path: str | None = Field(
+        None, description="File for node-exporter's textfile collector (must end in .prom); "
+                          "None = MLOPS_RAY_HOME/metrics/<pipeline name>.prom.")
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway, e.g. http://pushgateway:9091; None = no push.")
+    pushgateway_job: str = Field("mlops_ray", description="Pushgateway job label (grouped further by pipeline).")
+    push_timeout_s: Annotated[float, Field(gt=0)] = Field(10.0, description="Timeout of one push, seconds.")
+
+    @model_validator(mode="after")
+    def _prom_suffix(self) -> "BatchMetricsConfig":
+        if self.textfile_path is not None and not self.textfile_path.endswith(".prom"):
+            raise ValueError("automate.metrics.textfile_path must end in '.prom' (node-exporter's textfile collector "
+                             f"reads only those); got '{self.textfile_path}'.")
+        return self
+
+
+class AutomateConfig(_Model):
+    """How the runner runs stages: retries and the batch metrics it exports."""
+
+    retry: RetryConfig = RetryConfig()
+    stage_retry: dict[StageName, RetryConfig] = Field(
+        default_factory=dict, description="Per-stage overrides of `retry`, e.g. {tune: {max_attempts: 3}}.")
+    metrics: BatchMetricsConfig = BatchMetricsConfig()
+
+    def retry_for(self, stage: str) -> RetryConfig:
+        """The retry policy of ``stage``."""
+        return self.stage_retry.get(stage, self.retry)  # type: ignore[call-overload]
+
+
 class Config(_Model):
     """The whole pipeline: engines and one slice per stage."""
 
@@ -297,6 +351,7 @@ class Config(_Model):
     explain: ExplainConfig = ExplainConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     deploy: DeployConfig = DeployConfig()
+    automate: AutomateConfig = AutomateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

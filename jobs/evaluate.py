@@ -1,0 +1,5 @@
+"""Run stage 'evaluate' as a Ray job: `ray job submit --working-dir . -- python jobs/evaluate.py --config PATH [--run-id ID]`."""
+from _entry import main
+
+if __name__ == "__main__":
+    main("evaluate")

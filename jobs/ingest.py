@@ -1,0 +1,5 @@
+"""Run stage 'ingest' as a Ray job: `ray job submit --working-dir . -- python jobs/ingest.py --config PATH [--run-id ID]`."""
+from _entry import main
+
+if __name__ == "__main__":
+    main("ingest")
