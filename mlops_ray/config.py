@@ -273,6 +273,9 @@ class DeployConfig(_Model):
     host: str = Field("127.0.0.1", description="Serve HTTP proxy host.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Serve HTTP proxy port.")
     app_name: str = Field("mlops_ray", description="Serve application name.")
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="Where Serve runs HTTP proxies (Ray Serve's proxy_location): EveryNode on a real "
+                                 "cluster; HeadOnly when several Ray nodes share one host (they would share the port).")
     model_alias: str = Field("champion", description="Registry alias served.")
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     num_cpus_per_replica: Annotated[float, Field(gt=0)] = Field(0.5, description="Ray CPUs per replica.")

@@ -5,9 +5,10 @@ set -euo pipefail
 export MLOPS_RAY_DEV=1
 
 # Debian packages the tests start for real: PostgreSQL (registry backend), Chromium and its
-# driver (the report is opened in a headless browser).
+# driver (the report is opened in a headless browser), Prometheus (promtool checks the scrape
+# config) and the Pushgateway (batch metrics are pushed to it).
 need=()
-for pkg in postgresql chromium chromium-driver; do
+for pkg in postgresql chromium chromium-driver prometheus prometheus-pushgateway; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -21,5 +22,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# Apache Airflow in its own virtual environment (.venv-airflow): the generated DAG is loaded there.
+bash "$REPO/scripts/setup_airflow.sh"
 cd "$REPO"
 exec python -m pytest tests -p no:cacheprovider --durations=20 "$@"

@@ -79,7 +79,7 @@ def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home,
     mv = resolve_version(register_cfg, home, uri)  # pin the version: a promotion changes what is deployed
     pinned = f"models:/{name}/{mv.version}"
     t0 = time.monotonic()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
     serve.run(model_server(cfg, register_cfg, home, pinned, alias), name=cfg.app_name, route_prefix="/",
               blocking=False)
     url = endpoint_url(cfg)

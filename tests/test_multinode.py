@@ -1,0 +1,204 @@
+"""The pipeline on a real multi-node setup: a 2-node Ray cluster and a standalone Spark cluster.
+
+Started on loopback with explicit ports, in their own temp dirs, with Ray token
+authentication on (``RAY_AUTH_MODE=token``):
+- Ray: ``ray start --head`` (1 CPU) and a second node ``ray start --address`` (1 CPU), so the two
+  concurrent 1-CPU Tune trials can only fit by using both nodes;
+- Spark: ``cluster/spark/start-standalone.sh`` (master + one worker, from the pyspark install).
+
+The whole pipeline goes in through ``mlops-ray submit pipeline`` (Ray's JobSubmissionClient);
+a single stage through plain ``ray job submit -- python jobs/<stage>.py``. Teardown kills
+exactly the processes of the temp dirs: ``ray stop`` would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO, free_port, sample_config_mapping
+
+pytestmark = pytest.mark.timeout(900)
+
+VENV_BIN = Path(sys.executable).parent
+TOKEN = secrets.token_hex(16)
+
+
+def _env(token: str | None = TOKEN, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               PYSPARK_PYTHON=sys.executable, **extra)
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
+
+
+def _ray_start(args: list[str], temp_dir: str) -> None:
+    res = subprocess.run([str(VENV_BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                          f"--object-store-memory={200 * 1024 * 1024}", f"--temp-dir={temp_dir}",
+                          f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                          "--disable-usage-stats", *args], env=_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, f"ray start {args[:1]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+
+
+def _get(url: str, **kw) -> requests.Response:
+    return requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Head + one worker node; yields (dashboard URL, {node_id: 'head'|'worker'})."""
+    temp_dir = tempfile.mkdtemp(prefix="mlops_ray_2node_")
+    gcs, dash = free_port(), free_port()
+    try:
+        # One temp dir per node: nodes sharing one would share runtime_resources/, and the worker
+        # node's clean-up of a job's working dir would delete the head's copy under the driver.
+        _ray_start(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    "--include-dashboard=true", f"--ray-client-server-port={free_port()}"], f"{temp_dir}/head")
+        _ray_start([f"--address=127.0.0.1:{gcs}", f"--node-manager-port={free_port()}",
+                    f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                    f"--dashboard-agent-grpc-port={free_port()}", "--min-worker-port=42000",
+                    "--max-worker-port=42999"], f"{temp_dir}/worker")
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 90
+        nodes: dict[str, str] = {}
+        while time.monotonic() < deadline and len(nodes) < 2:
+            try:
+                rows = _get(f"{url}/api/v0/nodes").json()["data"]["result"]["result"]
+                nodes = {n["node_id"]: ("head" if n.get("is_head_node") else "worker")
+                         for n in rows if n["state"] == "ALIVE"}
+            except (requests.RequestException, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        assert sorted(nodes.values()) == ["head", "worker"], f"expected 2 alive nodes, got {nodes}"
+        yield url, nodes
+    finally:
+        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+        time.sleep(2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def spark_cluster():
+    """A standalone Spark master + one worker; yields (master URL, web UI URL)."""
+    state = tempfile.mkdtemp(prefix="mlops_ray_spark_")
+    port, webui = free_port(), free_port()
+    try:
+        res = subprocess.run([str(REPO / "cluster" / "spark" / "start-standalone.sh"), "--dir", state,
+                              "--master-port", str(port), "--webui-port", str(webui), "--workers", "1",
+                              "--worker-cores", "2", "--worker-memory", "2g", "--python", sys.executable],
+                             env=_env(token=None), capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stderr[-3000:]
+        master = res.stdout.strip().splitlines()[-1]
+        assert master == f"spark://127.0.0.1:{port}"
+        yield master, f"http://127.0.0.1:{webui}"
+    finally:
+        subprocess.run([str(REPO / "cluster" / "spark" / "stop-standalone.sh"), "--dir", state], check=False,
+                       capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def submitted_run(ray_cluster, spark_cluster, tmp_path_factory):
+    """`mlops-ray submit pipeline` against both clusters; yields (home, config path, run record, output)."""
+    url, _ = ray_cluster
+    master, _ = spark_cluster
+    tmp = tmp_path_factory.mktemp("multinode")
+    home = tmp / "home"  # the "shared storage" of this one-machine cluster
+    cfg = sample_config_mapping(free_port(), free_port(), ingest={"sample_fraction": 0.03},
+                                deploy={"proxy_location": "HeadOnly"})
+    cfg["engines"]["ray"] = {}  # inside a job, Ray is the cluster the job was submitted to
+    cfg["engines"]["spark"] = {"master": master, "driver_memory": "1g", "shuffle_partitions": 2}
+    cfg_path = tmp / "cluster.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([str(VENV_BIN / "mlops-ray"), "submit", "pipeline", "--address", url, "--config",
+                          str(cfg_path), "--timeout-s", "700"], env=_env(MLOPS_RAY_HOME=str(home)),
+                         capture_output=True, text=True, timeout=780, cwd=tmp)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
+    runs = list((home / "runs").glob("*/run.json"))
+    assert len(runs) == 1
+    return home, cfg_path, json.loads(runs[0].read_text()), res.stdout
+
+
+def test_the_pipeline_runs_through_ray_jobs_on_two_ray_nodes_and_a_spark_cluster(submitted_run, ray_cluster,
+                                                                                  spark_cluster):
+    home, _, record, out = submitted_run
+    url, nodes = ray_cluster
+    _, spark_ui = spark_cluster
+    assert record["status"] == "succeeded"
+    assert list(record["stages"]) == ["ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register",
+                                      "deploy", "smoke"]
+    assert "SUCCEEDED" in out and "submitted mlops-ray-pipeline-" in out
+
+    # Spark ran its jobs on the standalone cluster: the master lists our application, finished.
+    master = requests.get(f"{spark_ui}/json/", timeout=10).json()
+    apps = [a["name"] for a in master.get("completedapps", [])] + [a["name"] for a in master.get("activeapps", [])]
+    assert "mlops_ray" in apps, master
+
+    # Tune's two concurrent 1-CPU trials used both Ray nodes.
+    actors = _get(f"{url}/api/v0/actors", params={"detail": "1", "limit": "1000"}).json()["data"]["result"]["result"]
+    trial_nodes = {a["node_id"] for a in actors if "ImplicitFunc" in a.get("class_name", "")
+                   or "Trainable" in a.get("class_name", "")}
+    assert trial_nodes == set(nodes), (trial_nodes, nodes, sorted({a.get("class_name") for a in actors}))
+
+    # The deployed endpoint (Serve on the cluster) answers after the job ended.
+    smoke = record["stages"]["smoke"]["outputs"]
+    assert len(smoke["answer"]["predictions"]) == len(smoke["records"]) > 0
+    model = requests.get(f"{record['stages']['deploy']['outputs']['url']}/v1/model", timeout=10).json()
+    assert model["version"] == record["stages"]["register"]["outputs"]["version"]
+
+
+def test_a_single_stage_runs_with_plain_ray_job_submit(submitted_run, ray_cluster):
+    home, cfg_path, record, _ = submitted_run
+    url, _ = ray_cluster
+    runtime_env = {"env_vars": {"MLOPS_RAY_HOME": str(home)}, "excludes": [".venv*", ".git"]}
+    res = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
+                          "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/evaluate.py",
+                          "--config", str(cfg_path), "--run-id", record["run_id"]],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert f"run {record['run_id']}: succeeded (evaluate=cached)" in res.stdout
+
+
+def test_submit_status_logs_and_stop(submitted_run, ray_cluster, tmp_path):
+    home, cfg_path, record, _ = submitted_run
+    url, _ = ray_cluster
+    env = _env(MLOPS_RAY_HOME=str(home))
+    mr = str(VENV_BIN / "mlops-ray")
+    sub = subprocess.run([mr, "submit", "tune", "--run-id", record["run_id"], "--address", url, "--config",
+                          str(cfg_path), "--no-wait"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job_id = next(w for w in sub.stdout.split() if w.startswith("mlops-ray-tune-")).rstrip(":")
+    stop = subprocess.run([mr, "submit", "stop", job_id, "--address", url], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        st = subprocess.run([mr, "submit", "status", job_id, "--address", url, "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+        assert st.returncode == 0, st.stderr
+        info = json.loads(st.stdout)
+        if info["status"] in ("STOPPED", "SUCCEEDED", "FAILED") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert info["status"] == "STOPPED" and info["metadata"]["mlops_ray_target"] == "tune"
+    logs = subprocess.run([mr, "submit", "logs", job_id, "--address", url], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert logs.returncode == 0
+
+    # Token authentication is really on: without the token the cluster refuses, and the CLI says so (exit 2).
+    denied = subprocess.run([mr, "submit", "status", job_id, "--address", url], env=_env(token=None),
+                            capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 2 and ("401" in denied.stderr or "nauthorized" in denied.stderr
+                                       or "token" in denied.stderr.lower()), denied.stderr
