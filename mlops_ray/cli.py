@@ -524,6 +524,44 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
+@app.command("airflow-dag")
+def airflow_dag(out: Path = typer.Option(..., "--out", help="DAG file to write (put it in Airflow's dags folder)."),
+                address: str = typer.Option("http://127.0.0.1:8265", "--address", help="Ray dashboard URL (Jobs API)."),
+                job_config: str = typer.Option("mlops_ray/configs/flights.yaml", "--job-config",
+                                               help="Pipeline YAML as the Ray job sees it (relative to its working "
+                                                    "dir, or absolute on the cluster)."),
+                home: Optional[str] = typer.Option(None, "--home", help="MLOPS_RAY_HOME on storage the cluster shares "
+                                                   "(default: this machine's MLOPS_RAY_HOME)."),
+                working_dir: Optional[str] = typer.Option(None, "--working-dir-uri",
+                                                          help="Remote URI of a zip of the project (s3://, gs://, "
+                                                               "https://); none = the nodes hold the project."),
+                dag_id: str = typer.Option("mlops_ray_pipeline", "--dag-id"),
+                schedule: Optional[str] = typer.Option("@daily", "--schedule", help="Cron or preset; '' = none."),
+                stages: str = typer.Option("ingest,validate,preprocess,tune,evaluate,explain,register,deploy",
+                                           "--stages", help="Comma-separated stages, one task each, in order."),
+                retries: int = typer.Option(2, "--retries"),
+                retry_delay_s: float = typer.Option(60.0, "--retry-delay-s"),
+                backoff: float = typer.Option(2.0, "--retry-backoff", help="Delay multiplier per retry (0 = constant)."),
+                timeout_s: Optional[float] = typer.Option(7200.0, "--execution-timeout-s"),
+                token_env: Optional[str] = typer.Option(None, "--token-env",
+                                                        help="Env var / Airflow Variable holding the Ray auth token.")
+                ) -> None:
+    """Write an Apache Airflow DAG: one task per stage, each submitted as a Ray job (Airflow retries each)."""
+    from mlops_ray.home import Home
+    from mlops_ray.schedule.airflow import write_airflow_dag
+
+    try:
+        path = write_airflow_dag(out, dag_id=dag_id, stages=[x.strip() for x in stages.split(",") if x.strip()],
+                                 ray_address=address, config_path=job_config,
+                                 mlops_ray_home=home or str(Home.resolve().root), working_dir=working_dir,
+                                 schedule=schedule or None, retries=retries, retry_delay_s=retry_delay_s,
+                                 retry_exponential_backoff=backoff, execution_timeout_s=timeout_s,
+                                 ray_auth_token_env=token_env)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    console.print(f"wrote {path}: DAG '{dag_id}' ({stages.replace(',', ' -> ')}) submitting to {address}")
+
+
 @app.command()
 def bench(names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all).")) -> None:
     """Run benchmarks from benchmarks/ and write JSON + markdown results."""
