@@ -8,8 +8,10 @@ integration tests read what it produced.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pids_under(temp_dir: str) -> list[int]:
+    """Processes of a cluster started in ``temp_dir``: it is in their command line, working dir or open files.
+
+    Ray renames some of its processes (``ray::DashboardAgent``...), so the command line alone misses them.
+    """
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+            fds = [os.readlink(fd) for fd in (proc / "fd").iterdir()] if temp_dir not in cmdline + cwd else []
+        except OSError:
+            continue
+        if temp_dir in cmdline or cwd.startswith(temp_dir) or any(f.startswith(temp_dir) for f in fds):
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_processes_under(temp_dir: str) -> None:
+    """SIGKILL every process of ``temp_dir`` (a few rounds, for children a dying parent started meanwhile)."""
+    for _ in range(4):
+        pids = pids_under(temp_dir)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            return
+        time.sleep(0.5)
 
 
 def sample_config_mapping(serve_port: int, metrics_port: int, **overrides) -> dict:

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO, free_port, sample_config_mapping
+from tests.conftest import REPO, free_port, kill_processes_under, sample_config_mapping
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -45,10 +45,12 @@ def _env(token: str | None = TOKEN, **extra) -> dict:
 
 
 def _ray_start(args: list[str], temp_dir: str) -> None:
+    os.makedirs(temp_dir, exist_ok=True)  # also the processes' working dir, so teardown finds them all
     res = subprocess.run([str(VENV_BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                           f"--object-store-memory={200 * 1024 * 1024}", f"--temp-dir={temp_dir}",
                           f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-                          "--disable-usage-stats", *args], env=_env(), capture_output=True, text=True, timeout=180)
+                          "--disable-usage-stats", *args], env=_env(), capture_output=True, text=True, timeout=180,
+                         cwd=temp_dir)
     assert res.returncode == 0, f"ray start {args[:1]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
 
 
@@ -84,8 +86,7 @@ def ray_cluster():
         assert sorted(nodes.values()) == ["head", "worker"], f"expected 2 alive nodes, got {nodes}"
         yield url, nodes
     finally:
-        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
-        time.sleep(2)
+        kill_processes_under(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
