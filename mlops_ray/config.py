@@ -39,6 +39,10 @@ class SparkConfig(_Model):
         4, description="spark.sql.shuffle.partitions; few partitions suit one small machine."
     )
     ui_enabled: bool = Field(False, description="Start the Spark UI (port 4040).")
+    driver_host: str | None = Field(
+        None, description="Address executors reach the driver at (spark.driver.host). None: 127.0.0.1 for a "
+                          "local[...] master (nothing listens outside the machine); Spark's default (this host's "
+                          "name) for a cluster master, whose executors run on other machines.")
 
 
 class RayConfig(_Model):

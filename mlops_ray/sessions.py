@@ -72,17 +72,20 @@ class Sessions:
         """The SparkSession, started on first access (UTC session time zone, few shuffle partitions)."""
         if self._spark is None:
             check_java()
+            sc = self.engines.spark
+            local = sc.master.startswith("local")
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            if local:
+                os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
             import warnings
 
             warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
             from pyspark.sql import SparkSession
 
-            sc = self.engines.spark
             logger.info("starting Spark (%s, driver memory %s)", sc.master, sc.driver_memory)
-            self._spark = (
+            driver_host = sc.driver_host or ("127.0.0.1" if local else None)
+            builder = (
                 SparkSession.builder.master(sc.master).appName(sc.app_name)
                 .config("spark.driver.memory", sc.driver_memory)
                 .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
@@ -91,10 +94,12 @@ class Sessions:
                 .config("spark.ui.enabled", str(sc.ui_enabled).lower())
                 .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                .config("spark.driver.host", "127.0.0.1")
-                .config("spark.driver.bindAddress", "127.0.0.1")
-                .getOrCreate()
             )
+            if driver_host:
+                builder = builder.config("spark.driver.host", driver_host)
+            if local:
+                builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
+            self._spark = builder.getOrCreate()
             self._spark.sparkContext.setLogLevel("ERROR")
         return self._spark
 

@@ -120,7 +120,8 @@ def submitted_run(ray_cluster, spark_cluster, tmp_path_factory):
     cfg = sample_config_mapping(free_port(), free_port(), ingest={"sample_fraction": 0.03},
                                 deploy={"proxy_location": "HeadOnly"})
     cfg["engines"]["ray"] = {}  # inside a job, Ray is the cluster the job was submitted to
-    cfg["engines"]["spark"] = {"master": master, "driver_memory": "1g", "shuffle_partitions": 2}
+    cfg["engines"]["spark"] = {"master": master, "driver_memory": "1g", "shuffle_partitions": 2,
+                               "driver_host": "127.0.0.1"}
     cfg_path = tmp / "cluster.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     res = subprocess.run([str(VENV_BIN / "mlops-ray"), "submit", "pipeline", "--address", url, "--config",

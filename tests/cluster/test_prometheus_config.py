@@ -1,0 +1,56 @@
+"""cluster/prometheus/prometheus.yml passes `promtool check config` and scrapes what Ray and the batch jobs expose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CONFIG = REPO / "cluster" / "prometheus" / "prometheus.yml"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool missing: apt-get install prometheus (scripts/test.sh installs it)")
+
+
+def promtool_check(path) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+def test_promtool_accepts_the_config():
+    out = promtool_check(CONFIG)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize("old, new, message", [
+    ("\n    honor_labels: true\n", "\n    honour_labels: true\n", "field honour_labels not found"),
+    ("\n  scrape_interval: 10s\n", "\n  scrape_interval: ten seconds\n", "not a valid duration"),
+    ("\n          - /tmp/ray/prom_metrics_service_discovery.json\n", "\n          - /tmp/ray/[prom.json\n",
+     "syntax error in pattern"),
+], ids=["misspelt key", "bad duration", "bad sd file pattern"])
+def test_promtool_rejects_a_planted_fault(tmp_path, old, new, message):
+    text = CONFIG.read_text()
+    assert text.count(old) == 1
+    bad = tmp_path / "prometheus.yml"
+    bad.write_text(text.replace(old, new, 1))
+    out = promtool_check(bad)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+
+
+def test_jobs_scrape_rays_discovery_file_and_keep_pushed_labels():
+    from ray._private import ray_constants
+
+    jobs = {j["job_name"]: j for j in yaml.safe_load(CONFIG.read_text())["scrape_configs"]}
+    ray_file = os.path.join("/tmp/ray", ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE)
+    assert [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]] == [ray_file]
+    assert jobs["pushgateway"]["honor_labels"] is True
+    assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["127.0.0.1:9091"]
+    assert jobs["node"]["static_configs"][0]["targets"] == ["127.0.0.1:9100"]
