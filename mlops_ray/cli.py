@@ -506,8 +506,10 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
         raise
     except ConfigError as e:
         _fail(str(e), 2)
-    except RuntimeError as e:  # Ray's client: unknown job id, 401/403, HTTP errors
-        _fail(str(e), 2)
+    except Exception as e:  # noqa: BLE001 - Ray's client: unknown job id, 401/403 (AuthenticationError), HTTP errors
+        if type(e).__module__.startswith("ray") or isinstance(e, RuntimeError):
+            _fail(f"{type(e).__name__}: {e}", 2)
+        raise
     console.print(f"submitted [bold]{job.submission_id}[/]: {job.entrypoint}", highlight=False)
     if no_wait:
         console.print(f"follow it with `mlops-ray submit logs {job.submission_id}`", highlight=False)

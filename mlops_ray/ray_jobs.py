@@ -110,6 +110,7 @@ def job_client(address: str | None = None) -> "JobSubmissionClient":
     Raises:
         ConfigError: no cluster answers at the address (names it and how to start one).
     """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) and "RAY_AUTH_MODE" not in os.environ:
@@ -119,6 +120,9 @@ def job_client(address: str | None = None) -> "JobSubmissionClient":
         os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise ConfigError(f"the Ray cluster refused the request: {exc} Set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
+                          "to the cluster's token.") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         shown = address or os.environ.get("RAY_ADDRESS") or "a local cluster (auto)"
         raise ConfigError(f"no Ray cluster answered at {shown}: {exc}. Start one with `ray start --head` "
