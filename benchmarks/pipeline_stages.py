@@ -45,7 +45,7 @@ def run() -> dict:
     second = json.loads(runs[1].read_text()) if len(runs) > 1 else {"stages": {}, "status": "missing"}
     through_register = ("ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register")
     cached_s = sum(second["stages"].get(s, {}).get("duration_s") or 0 for s in through_register)
-    all_cached = all(second["stages"].get(s, {}).get("outputs", {}).get("cache_hit") for s in through_register)
+    all_cached = all(second["stages"].get(s, {}).get("cached") for s in through_register)  # run.json's own flag
     st = record["stages"]
     stages = {k: v.get("duration_s") for k, v in st.items()}
     ev = st.get("evaluate", {}).get("outputs", {})
