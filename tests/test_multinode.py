@@ -118,7 +118,7 @@ def submitted_run(ray_cluster, spark_cluster, tmp_path_factory):
     master, _ = spark_cluster
     tmp = tmp_path_factory.mktemp("multinode")
     home = tmp / "home"  # the "shared storage" of this one-machine cluster
-    cfg = sample_config_mapping(free_port(), free_port(), ingest={"sample_fraction": 0.03},
+    cfg = sample_config_mapping(free_port(), free_port(), ingest={"sample_fraction": 0.015},
                                 deploy={"proxy_location": "HeadOnly"})
     cfg["engines"]["ray"] = {}  # inside a job, Ray is the cluster the job was submitted to
     cfg["engines"]["spark"] = {"master": master, "driver_memory": "1g", "shuffle_partitions": 2,
