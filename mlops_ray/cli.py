@@ -90,6 +90,9 @@ class _StageProgress:
             console.print(f"[red]✗[/] {stage:<10} failed: {escape(payload.get('error', '')[:300])}")
 
 
+_METRIC_NAMES = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "f1": "F1", "log_loss": "log loss"}
+
+
 def _headline(stage: str, out: dict[str, Any]) -> str:
     hit = " (cached)" if out.get("cache_hit") else ""
     if stage == "ingest":
@@ -100,7 +103,7 @@ def _headline(stage: str, out: dict[str, Any]) -> str:
         return f"rows {out['rows']}, {out['width']} features{hit}"
     if stage == "tune":
         return (f"{out['trials']} trials ({out['trials_failed']} failed), best {out['family']} "
-                f"validation ROC AUC {out['best_score']:.4f}{hit}")
+                f"validation {_METRIC_NAMES.get(out['metric'], out['metric'])} {out['best_score']:.4f}{hit}")
     if stage == "evaluate":
         auc = out["model"]["roc_auc"]
         flagged = sum(1 for s in out.get("slices", []) if s["flagged"])

@@ -183,8 +183,20 @@ class Distribution(_Model):
 Family = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
 
 
+#: Validation metrics a search can optimise, and their direction.
+METRIC_MODES: dict[str, str] = {"roc_auc": "max", "pr_auc": "max", "f1": "max", "log_loss": "min"}
+
+
 class TuneConfig(_Model):
-    metric: Literal["roc_auc"] = Field("roc_auc", description="Validation metric that picks the best trial (maximised).")
+    metric: Literal["roc_auc", "pr_auc", "f1", "log_loss"] = Field(
+        "roc_auc", description="Validation metric that picks the best trial: roc_auc, pr_auc (average precision), "
+                               "f1 (at threshold 0.5) are maximised; log_loss is minimised.")
+    max_failures: Annotated[int, Field(ge=0, le=10)] = Field(
+        1, description="Retries of a trial that raised (Ray Tune's FailureConfig.max_failures); a trial whose metric "
+                       "is NaN or infinite is failed at once and never chosen.")
+    gpus_per_trial: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="GPUs requested per trial (Tune resource request). tensorflow-cpu has no GPU support: GPU "
+                         "clusters install tensorflow[and-cuda].")
     num_samples: Annotated[int, Field(ge=1, le=1000)] = Field(
         3, description="Trials sampled per model family (Tune's num_samples times the family grid)."
     )
@@ -202,6 +214,11 @@ class TuneConfig(_Model):
         },
         description="Per model family, each hyperparameter's distribution. At least two families.",
     )
+
+    @property
+    def mode(self) -> str:
+        """``max`` or ``min``: the direction of ``metric``."""
+        return METRIC_MODES[self.metric]
 
     @model_validator(mode="after")
     def _families(self) -> "TuneConfig":

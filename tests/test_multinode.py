@@ -60,7 +60,7 @@ def _get(url: str, **kw) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """Head + one worker node; yields (dashboard URL, {node_id: 'head'|'worker'})."""
+    """Head + one worker node; yields (dashboard URL, {node_id: 'head'|'worker'}, head temp dir)."""
     temp_dir = tempfile.mkdtemp(prefix="mlops_ray_2node_")
     gcs, dash = free_port(), free_port()
     try:
@@ -85,7 +85,7 @@ def ray_cluster():
                 pass
             time.sleep(1)
         assert sorted(nodes.values()) == ["head", "worker"], f"expected 2 alive nodes, got {nodes}"
-        yield url, nodes
+        yield url, nodes, f"{temp_dir}/head"
     finally:
         kill_processes_under(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -114,7 +114,7 @@ def spark_cluster():
 @pytest.fixture(scope="module")
 def submitted_run(ray_cluster, spark_cluster, tmp_path_factory):
     """`mlops-ray submit pipeline` against both clusters; yields (home, config path, run record, output)."""
-    url, _ = ray_cluster
+    url, _, _ = ray_cluster
     master, _ = spark_cluster
     tmp = tmp_path_factory.mktemp("multinode")
     home = tmp / "home"  # the "shared storage" of this one-machine cluster
@@ -137,7 +137,7 @@ def submitted_run(ray_cluster, spark_cluster, tmp_path_factory):
 def test_the_pipeline_runs_through_ray_jobs_on_two_ray_nodes_and_a_spark_cluster(submitted_run, ray_cluster,
                                                                                   spark_cluster):
     home, _, record, out = submitted_run
-    url, nodes = ray_cluster
+    url, nodes, _ = ray_cluster
     _, spark_ui = spark_cluster
     assert record["status"] == "succeeded"
     assert list(record["stages"]) == ["ingest", "validate", "preprocess", "tune", "evaluate", "explain", "register",
@@ -164,7 +164,7 @@ def test_the_pipeline_runs_through_ray_jobs_on_two_ray_nodes_and_a_spark_cluster
 
 def test_a_single_stage_runs_with_plain_ray_job_submit(submitted_run, ray_cluster):
     home, cfg_path, record, _ = submitted_run
-    url, _ = ray_cluster
+    url, _, _ = ray_cluster
     runtime_env = {"env_vars": {"MLOPS_RAY_HOME": str(home)}, "excludes": [".venv*", ".git"]}
     res = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
                           "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/evaluate.py",
@@ -176,7 +176,7 @@ def test_a_single_stage_runs_with_plain_ray_job_submit(submitted_run, ray_cluste
 
 def test_submit_status_logs_and_stop(submitted_run, ray_cluster, tmp_path):
     home, cfg_path, record, _ = submitted_run
-    url, _ = ray_cluster
+    url, _, _ = ray_cluster
     env = _env(MLOPS_RAY_HOME=str(home))
     mr = str(VENV_BIN / "mlops-ray")
     sub = subprocess.run([mr, "submit", "tune", "--run-id", record["run_id"], "--address", url, "--config",
@@ -205,3 +205,42 @@ def test_submit_status_logs_and_stop(submitted_run, ray_cluster, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert denied.returncode == 2 and ("401" in denied.stderr or "nauthorized" in denied.stderr
                                        or "token" in denied.stderr.lower()), denied.stderr
+
+
+def test_the_prometheus_config_scrapes_every_ray_node_through_rays_discovery_file(ray_cluster, tmp_path):
+    """cluster/prometheus/prometheus.yml's `ray` job, run by a real Prometheus, finds and scrapes both nodes."""
+    url, nodes, head_dir = ray_cluster
+    cfg = yaml.safe_load((REPO / "cluster" / "prometheus" / "prometheus.yml").read_text())
+    ray_job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "ray")
+    assert ray_job["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    ray_job["file_sd_configs"][0]["files"] = [f"{head_dir}/prom_metrics_service_discovery.json"]  # this temp dir
+    ray_job["file_sd_configs"][0]["refresh_interval"] = "1s"
+    cfg = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [ray_job]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    prom = subprocess.Popen([shutil.which("prometheus") or "/usr/bin/prometheus",
+                             f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+    try:
+        query = f"http://127.0.0.1:{port}/api/v1/query"
+        deadline = time.monotonic() + 90
+        heads: set = set()
+        while time.monotonic() < deadline:
+            try:
+                heads = {r["metric"].get("IsHeadNode") for r in requests.get(query, timeout=5, params={
+                    "query": 'count by (IsHeadNode) (ray_node_cpu_count{job="ray"})'}).json()["data"]["result"]}
+                if heads == {"true", "false"}:
+                    break
+            except (requests.RequestException, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        assert heads == {"true", "false"}, \
+            f"node metrics scraped from: {heads}; log: {(tmp_path / 'prometheus.log').read_text()[-1500:]}"  # the head and the worker node
+        targets = requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        listed = json.loads(Path(head_dir, "prom_metrics_service_discovery.json").read_text())[0]["targets"]
+        assert {t["labels"]["instance"] for t in targets} == set(listed)
+        assert len(listed) >= len(nodes) + 1  # every node's metrics agent, plus the head's own exporters
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)

@@ -145,7 +145,7 @@ _TEMPLATE = """<!doctype html>
 <style>{{ css }}</style></head><body>
 <header><h1>{{ run.pipeline }} &mdash; run {{ run.run_id }}</h1>
 <p>created {{ run.created }} &middot; config {{ run.config_hash[:12] }} &middot;
-best trial: {{ tune.family or "?" }} (validation ROC AUC {{ fmt(tune.best_score) }})</p></header>
+best trial: {{ tune.family or "?" }} (validation {{ tune.metric or "roc_auc" }} {{ fmt(tune.best_score) }})</p></header>
 <main>
 <div class="cards">
  <div class="card"><span>test ROC AUC</span><b>{{ fmt(ev.model.roc_auc, 3) }}</b>

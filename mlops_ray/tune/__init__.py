@@ -66,23 +66,81 @@ def load_model(path: str | Path):
     return sio.load(str(path), trusted=allowed)
 
 
-def _trial(config: dict[str, Any], X_train=None, y_train=None, X_val=None, y_val=None, seed: int = 0) -> None:
-    """One Tune trial: fit, score on validation, report and checkpoint."""
+def validation_metrics(y_true, proba) -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision), F1 at 0.5 and log loss of ``proba`` (shape (n_rows,)) against 0/1 labels.
+
+    A metric that is undefined on these labels (one class only) is NaN. Definitions: scikit-learn's
+    ``roc_auc_score``, ``average_precision_score``, ``f1_score``, ``log_loss``.
+    """
+    import numpy as np
+    from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
+
+    y = np.asarray(y_true)
+    p = np.asarray(proba, dtype=float)
+    if not np.all(np.isfinite(p)):
+        return {"roc_auc": math.nan, "pr_auc": math.nan, "f1": math.nan, "log_loss": math.nan}
+    two_classes = len(np.unique(y)) == 2
+    return {"roc_auc": float(roc_auc_score(y, p)) if two_classes else math.nan,
+            "pr_auc": float(average_precision_score(y, p)) if two_classes else math.nan,
+            "f1": float(f1_score(y, (p >= 0.5).astype(int), zero_division=0)),
+            "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))}
+
+
+def report_trial(metrics: dict[str, Any], metric: str, checkpoint=None) -> None:
+    """``tune.report`` for every family's trainable, after checking the configured metric.
+
+    Raises:
+        TuneError: ``metric`` is missing (names it and the keys that were reported) or is NaN/infinite.
+            Tune marks just this trial failed, with this reason; the experiment goes on.
+    """
     from ray import tune
-    from sklearn.metrics import roc_auc_score
+
+    if metric not in metrics:
+        raise TuneError(f"the trial reported no '{metric}' (tune.metric); it reported {sorted(metrics)}.")
+    value = metrics[metric]
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TuneError(f"validation {metric} is {value} (not finite); the trial is failed and never chosen as best.")
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _trial(config: dict[str, Any], X_train=None, y_train=None, X_val=None, y_val=None, seed: int = 0,
+           metric: str = "roc_auc") -> None:
+    """One Tune trial: fit, score on validation, report every metric and checkpoint.
+
+    Raises:
+        TuneError: the configured metric is NaN or infinite (from :func:`report_trial`); Tune marks
+            the trial failed with this reason and it can never be chosen as best.
+    """
+    from ray import tune
 
     family = config["family"]
     params = dict(config.get(family) or {})
     model = build_estimator(family, params, seed)
     model.fit(X_train, y_train)
-    proba = model.predict_proba(X_val)[:, 1]
-    auc = float(roc_auc_score(y_val, proba))
-    if not math.isfinite(auc):
-        raise TuneError(f"trial {family} {params} produced a non-finite ROC AUC ({auc})")
+    scores = validation_metrics(y_val, model.predict_proba(X_val)[:, 1])
     with tempfile.TemporaryDirectory() as d:
         save_model(model, Path(d) / MODEL_FILE)
         (Path(d) / "params.json").write_text(json.dumps({"family": family, "params": params}, default=float))
-        tune.report({"roc_auc": auc, "family": family}, checkpoint=tune.Checkpoint.from_directory(d))
+        report_trial({**scores, "family": family}, metric, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def check_resources(nodes: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Fail fast when no single node can ever hold one trial (a trial never spans nodes).
+
+    Args:
+        nodes: ``ray.nodes()`` (alive and dead; only alive ones count).
+
+    Raises:
+        TuneError: naming what one trial asks and what the largest node has.
+    """
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", False))]
+    cpu = max((n.get("Resources", {}).get("CPU", 0.0) for n in alive), default=0.0)
+    gpu = max((n.get("Resources", {}).get("GPU", 0.0) for n in alive), default=0.0)
+    if cpus_per_trial > cpu or gpus_per_trial > gpu:
+        raise TuneError(f"one trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU "
+                        f"(tune.cpus_per_trial, tune.gpus_per_trial) but the largest of the {len(alive)} Ray node(s) "
+                        f"has {cpu:g} CPU and {gpu:g} GPU, so no trial could ever start. Lower the request or add a "
+                        "node that large.")
 
 
 def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key: str, home: Home) -> TuneResult:
@@ -105,27 +163,26 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
     key = cache_key("tune", preprocess_key, cfg.fingerprint(), code_version("tune"))
 
     def build(out: Path) -> None:
-        cpus = ray_session().cluster_resources().get("CPU", 0)
-        if cfg.cpus_per_trial > cpus:
-            raise TuneError(f"tune.cpus_per_trial={cfg.cpus_per_trial} but the Ray cluster has {cpus} CPUs in all; "
-                            "lower tune.cpus_per_trial or add nodes.")
+        check_resources(ray_session().nodes(), cfg.cpus_per_trial, cfg.gpus_per_trial)
         X_tr, y_tr = load_split(preprocess_path, "train")
         X_va, y_va = load_split(preprocess_path, "validation")
         logger.info("tune: train %s, validation %s, %d families x %d samples",
                     X_tr.shape, X_va.shape, len(cfg.search_space), cfg.num_samples)
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, X_train=X_tr, y_train=y_tr, X_val=X_va, y_val=y_va, seed=cfg.seed),
-            {"cpu": cfg.cpus_per_trial},
+            tune.with_parameters(_trial, X_train=X_tr, y_train=y_tr, X_val=X_va, y_val=y_va, seed=cfg.seed,
+                                 metric=cfg.metric),
+            {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
         )
         tuner = tune.Tuner(
             trainable,
             param_space=to_param_space(cfg.search_space),
             # concurrency is the search algorithm's setting once one is given (Tune ignores
             # TuneConfig.max_concurrent_trials then)
-            tune_config=tune.TuneConfig(metric=cfg.metric, mode="max", num_samples=cfg.num_samples,
+            tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
                                         search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                                                          max_concurrent=cfg.max_concurrent_trials)),
-            run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=0),
+            run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
         )
         grid = tuner.fit()
         failed = [r for r in grid if r.error is not None]
@@ -133,7 +190,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         if not ok:
             errs = "; ".join(str(r.error)[:200] for r in failed[:3])
             raise TuneError(f"tune: all {len(grid)} trials failed; first errors: {errs}")
-        best = grid.get_best_result(metric=cfg.metric, mode="max", filter_nan_and_inf=True)
+        best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, filter_nan_and_inf=True)
         with best.checkpoint.as_directory() as d:
             import shutil
 
