@@ -39,8 +39,11 @@ RUN_STATUSES = ("succeeded", "failed")
 
 
 def textfile_path(cfg: BatchMetricsConfig, home_root: Path, pipeline: str) -> Path:
-    """Where the textfile goes: ``cfg.textfile_path`` or ``<home>/metrics/<pipeline>.prom``."""
-    return Path(cfg.textfile_path) if cfg.textfile_path else home_root / "metrics" / f"{pipeline}.prom"
+    """Where the textfile goes: ``cfg.textfile_path`` (relative = under home) or ``<home>/metrics/<pipeline>.prom``."""
+    if not cfg.textfile_path:
+        return home_root / "metrics" / f"{pipeline}.prom"
+    path = Path(cfg.textfile_path).expanduser()
+    return path if path.is_absolute() else home_root / path  # never the job's temporary working dir
 
 
 def previous_last_success(path: Path, pipeline: str) -> float | None:

@@ -209,9 +209,10 @@ def _run(config: Optional[Path], *, from_stage=None, to_stage=None, run_id=None,
         _fail(str(e), 2)
     except EnvironmentSetupError as e:
         _fail(str(e), 2)
-    except KeyboardInterrupt:
-        _fail("interrupted; the run record says where it stopped: resume with `mlops-ray run --from-stage STAGE` "
-              "(see `mlops-ray runs list`).", 130)
+    except KeyboardInterrupt as e:
+        from mlops_ray.pipeline import RunInterrupted
+
+        _fail(str(e) if isinstance(e, RunInterrupted) else "interrupted before any stage started.", 130)
     finally:
         sessions.close()
 
@@ -474,7 +475,7 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
     Exit code: 0 when the job succeeded (or was submitted with --no-wait), 1 when it failed.
     """
     from mlops_ray.home import Home
-    from mlops_ray.ray_jobs import TARGETS, job_client, job_summary, submit as submit_job, wait_for_job
+    from mlops_ray.ray_jobs import TARGETS, check_submission, job_client, job_summary, submit as submit_job, wait_for_job
 
     _setup_logging(False)
     if target not in (*TARGETS, *SUBMIT_VERBS):
@@ -501,6 +502,7 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
         if job_id:
             _fail(f"unexpected argument '{job_id}' after '{target}'; JOB_ID goes with status/logs/stop only.", 2)
         cfg = _load(config)
+        check_submission(target, run_id, from_stage, to_stage)
         home = Home.resolve().ensure()
         client = job_client(address)
         job = submit_job(client, target, cfg, home, run_id=run_id, from_stage=from_stage, to_stage=to_stage,
@@ -511,7 +513,12 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
         _fail(str(e), 2)
     except Exception as e:  # noqa: BLE001 - Ray's client: unknown job id, 401/403 (AuthenticationError), HTTP errors
         if type(e).__module__.startswith("ray") or isinstance(e, RuntimeError):
-            _fail(f"{type(e).__name__}: {e}", 2)
+            hint = ""
+            if "404" in str(e) or "does not exist" in str(e):
+                hint = " List the cluster's jobs with `ray job list --address <dashboard URL>`."
+            elif "GCS" in str(e) or "RpcError" in type(e).__name__:
+                hint = " --address takes the dashboard URL, e.g. http://<head>:8265."
+            _fail(f"{e}{hint}", 2)
         raise
     console.print(f"submitted [bold]{job.submission_id}[/]: {job.entrypoint}", highlight=False)
     if no_wait:

@@ -334,8 +334,8 @@ class BatchMetricsConfig(_Model):
     """Prometheus metrics of a pipeline run (names in ../shared/CONTRACTS.md), written at the end of every run."""
 
     textfile_path: str | None = Field(
-        None, description="File for node-exporter's textfile collector (must end in .prom); "
-                          "None = MLOPS_RAY_HOME/metrics/<pipeline name>.prom.")
+        None, description="File for node-exporter's textfile collector (must end in .prom); a relative path is "
+                          "under MLOPS_RAY_HOME; None = MLOPS_RAY_HOME/metrics/<pipeline name>.prom.")
     pushgateway_url: str | None = Field(
         None, description="Prometheus Pushgateway, e.g. http://pushgateway:9091; None = no push.")
     pushgateway_job: str = Field("mlops_ray", description="Pushgateway job label (grouped further by pipeline).")
@@ -346,6 +346,9 @@ class BatchMetricsConfig(_Model):
         if self.textfile_path is not None and not self.textfile_path.endswith(".prom"):
             raise ValueError("automate.metrics.textfile_path must end in '.prom' (node-exporter's textfile collector "
                              f"reads only those); got '{self.textfile_path}'.")
+        if self.pushgateway_url is not None and not self.pushgateway_url.startswith(("http://", "https://")):
+            raise ValueError("automate.metrics.pushgateway_url must be an http(s):// URL such as "
+                             f"http://pushgateway:9091; got '{self.pushgateway_url}'.")
         return self
 
 

@@ -130,14 +130,15 @@ class RunRecord:
 
 
 def list_runs(home: Home) -> list[dict[str, Any]]:
-    """Every run record under home, newest first (run id, status, created, stages)."""
+    """Every run record under home, newest first by creation time (run id, status, created, stages)."""
     out = []
     if home.runs_dir().is_dir():
-        for p in sorted(home.runs_dir().glob("*/run.json"), reverse=True):
+        for p in home.runs_dir().glob("*/run.json"):
             d = json.loads(p.read_text())
             out.append({"run_id": d["run_id"], "status": effective_status(d), "created": d["created"],
                         "stages": {k: ("cached" if v.get("cached") else v.get("status")) for k, v in d["stages"].items()}})
-    return out
+    # newest first by creation time (run ids given by a scheduler do not sort by time)
+    return sorted(out, key=lambda r: (r["created"], r["run_id"]), reverse=True)
 
 
 def latest_failed_run(home: Home) -> str | None:
@@ -215,6 +216,11 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
                               "or leave out --run-id for a new run.")
         to_stage = to_stage or record.data.get("to_stage")
     else:
+        first = plan(from_stage, to_stage, only)[0]
+        if run_id and first != STAGES[0]:
+            raise ConfigError(f"run '{run_id}' not found under {home.runs_dir()}: stage '{first}' needs the outputs "
+                              f"of earlier stages of an existing run. List runs with `mlops-ray runs list`, or start "
+                              f"a new run with --run-id at stage '{STAGES[0]}'.")
         record = RunRecord.create(home, run_id or new_run_id(), cfg)
     todo = plan(from_stage, to_stage, only)
     if cfg.deploy.smoke_records == 0 and "smoke" in todo:
@@ -237,7 +243,9 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
             for need in spec.needs:
                 record.outputs(need)  # a clear error naming the missing stage and how to run it
             _run_stage(spec, cfg, sessions, record, home, notify, sleep)
-        record.data["status"] = "succeeded"
+        # a run that ran only some stages is as good as its worst stage, not "succeeded" by this call alone
+        bad = [s for s, e in record.data["stages"].items() if e.get("status") != "succeeded"]
+        record.data["status"] = "failed" if bad else "succeeded"
         record.data["ended"] = _now()
         record.save()
         return record.data
@@ -249,6 +257,8 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
         record.save()
         if isinstance(exc, Exception) and current is not None:
             raise StageError(current, record.run_id, exc, _resume_command(current, record.run_id, config_path)) from exc
+        if isinstance(exc, KeyboardInterrupt) and current is not None:
+            raise RunInterrupted(current, record.run_id, _resume_command(current, record.run_id, config_path)) from exc
         raise
     finally:
         export_run_metrics(record, cfg.automate.metrics)
@@ -304,6 +314,14 @@ def _run_stage(spec: "StageSpec", cfg: Config, sessions, record: RunRecord, home
         record.event(spec.name, "done", attempt=attempt, cached=entry["cached"])
         notify(spec.name, "done", entry)
         return
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; carries the command that resumes it."""
+
+    def __init__(self, stage: str, run_id: str, resume_command: str):
+        super().__init__(f"run {run_id} was interrupted in stage '{stage}'; resume it with:\n  {resume_command}")
+        self.stage, self.run_id, self.resume_command = stage, run_id, resume_command
 
 
 class StageContractError(RuntimeError):

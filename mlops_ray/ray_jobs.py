@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_ray.errors import ConfigError, MlopsRayError, StageError
 from mlops_ray.home import ENV_VAR, Home
-from mlops_ray.pipeline import STAGES
+from mlops_ray.pipeline import STAGES, plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray.job_submission import JobSubmissionClient
@@ -135,6 +135,26 @@ def job_client(address: str | None = None) -> "JobSubmissionClient":
                 os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
+def check_submission(target: str, run_id: str | None, from_stage: str | None, to_stage: str | None) -> None:
+    """Refuse a submission the job would reject anyway, before anything reaches the cluster.
+
+    Raises:
+        ConfigError: an unknown target or stage, a stage or resume without ``run_id``, or resume
+            options on a single-stage job.
+    """
+    if target not in TARGETS:
+        raise ConfigError(f"unknown submit target '{target}'; expected 'pipeline', one of the stages "
+                          f"({', '.join(STAGE_TARGETS)}) or status/logs/stop.")
+    if target not in ("pipeline", "ingest") and not run_id:
+        raise ConfigError(f"stage '{target}' needs --run-id: it reads the earlier stages' outputs from that run.")
+    if target != "pipeline" and (from_stage or to_stage):
+        raise ConfigError("--from-stage/--to-stage apply to 'pipeline' only; a stage job runs exactly that stage.")
+    plan(from_stage, to_stage)  # bad stage names fail here, not inside the cluster
+    if from_stage and from_stage != STAGES[0] and not run_id:
+        raise ConfigError(f"--from-stage {from_stage} resumes a run: pass --run-id ID of the run whose earlier "
+                          "stages it continues (see `mlops-ray runs list`).")
+
+
 @dataclass(frozen=True)
 class SubmittedJob:
     """A job handed to Ray.
@@ -173,13 +193,7 @@ def submit(client: "JobSubmissionClient", target: str, cfg: "Config", home: Home
     """
     from mlops_ray.config import config_to_yaml
 
-    if target not in TARGETS:
-        raise ConfigError(f"unknown submit target '{target}'; expected 'pipeline', one of the stages "
-                          f"({', '.join(STAGE_TARGETS)}) or status/logs/stop.")
-    if target not in ("pipeline", "ingest") and not run_id:
-        raise ConfigError(f"stage '{target}' needs --run-id: it reads the earlier stages' outputs from that run.")
-    if target != "pipeline" and (from_stage or to_stage):
-        raise ConfigError("--from-stage/--to-stage apply to 'pipeline' only; a stage job runs exactly that stage.")
+    check_submission(target, run_id, from_stage, to_stage)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     submission_id = f"mlops-ray-{target}-{stamp}-{uuid.uuid4().hex[:6]}"
     cfg_dir = home.root / "submissions" / submission_id

@@ -183,3 +183,37 @@ def test_a_run_whose_process_died_shows_as_interrupted_and_is_the_one_resumed(ho
     rec.data["runner"]["pid"] = os.getpid()  # a live runner: still running
     rec.save()
     assert effective_status(rec.data) == "running" and pipeline.latest_failed_run(home) is None
+
+
+def test_runs_are_listed_newest_first_by_creation_time_not_by_id(home):
+    a = RunRecord.create(home, "zzz-scheduler-id", _cfg())
+    a.data["created"] = "2026-01-01T00:00:00+00:00"
+    a.save()
+    RunRecord.create(home, "20260102-000000-bbbbbb", _cfg())
+    assert [r["run_id"] for r in list_runs(home)] == ["20260102-000000-bbbbbb", "zzz-scheduler-id"]
+
+
+def test_one_stage_succeeding_does_not_make_a_failed_run_succeeded(monkeypatch, home):
+    rec = RunRecord.create(home, "r2", _cfg())
+    rec.data["stages"]["deploy"] = {"status": "failed", "error": "port busy"}
+    rec.save()
+    _swap(monkeypatch, "ingest", _ingest_ok)
+    out = run_pipeline(_cfg(), sessions=_NoSessions(), home=home, run_id="r2", only=("ingest",))
+    assert out["stages"]["ingest"]["status"] == "succeeded" and out["status"] == "failed"
+
+
+def test_a_later_stage_with_an_unknown_run_id_is_refused_before_anything_is_written(home):
+    with pytest.raises(ConfigError, match=r"run 'nosuch' not found .* stage 'tune' needs the outputs"):
+        run_pipeline(_cfg(), sessions=_NoSessions(), home=home, run_id="nosuch", only=("tune",))
+    assert list_runs(home) == []
+
+
+def test_ctrl_c_in_a_stage_gives_the_exact_resume_command(monkeypatch, home):
+    def interrupted(cfg, sessions, record, home):
+        raise KeyboardInterrupt
+
+    _swap(monkeypatch, "ingest", interrupted)
+    with pytest.raises(pipeline.RunInterrupted, match=r"interrupted in stage 'ingest'; resume it with:\n  mlops-ray run "
+                                                      r"--config c.yaml --from-stage ingest --run-id "):
+        run_pipeline(_cfg(retry={"max_attempts": 3}), sessions=_NoSessions(), home=home, config_path="c.yaml")
+    assert list_runs(home)[0]["status"] == "failed"
