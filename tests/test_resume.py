@@ -28,7 +28,9 @@ MLOPS_RAY = str(Path(sys.executable).parent / "mlops-ray")
 
 def _env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(MLOPS_RAY_HOME=str(home), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.update(MLOPS_RAY_HOME=str(home), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               # quicker JVM start for this small-data test (C1 JIT only, serial GC); results do not depend on it
+               JAVA_TOOL_OPTIONS="-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
     return env
 
 
@@ -53,7 +55,7 @@ def test_killed_mid_preprocess_then_resumed_recomputes_nothing_finished(tmp_path
             runner.kill()
             pytest.fail(f"the runner never reached preprocess (rc={runner.returncode}):\n{out}")
         time.sleep(0.2)
-    time.sleep(3)  # inside preprocess's Spark job
+    time.sleep(1.5)  # inside preprocess's Spark job
     os.killpg(runner.pid, signal.SIGKILL)  # the runner and its Spark JVM, without a chance to clean up
     runner.wait(timeout=30)
     before = _record(home)
