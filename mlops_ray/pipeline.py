@@ -55,11 +55,11 @@ def new_run_id() -> str:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only (PermissionError means it exists)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -208,21 +208,21 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
 
     home = (home or Home.resolve()).ensure()
     os.environ[ENV_VAR] = str(home.root)
-    plan(from_stage, to_stage, only)  # validates the names before anything is written
+    todo = plan(from_stage, to_stage, only)  # validates the names before anything is written
     if run_id and RunRecord.exists(home, run_id):
         record = RunRecord.load(home, run_id)
         if not (from_stage or only):
             raise ConfigError(f"run '{run_id}' already exists; resume it with --from-stage STAGE "
                               "or leave out --run-id for a new run.")
-        to_stage = to_stage or record.data.get("to_stage")
+        if not to_stage and record.data.get("to_stage"):  # a resumed run keeps where it was asked to stop
+            to_stage = record.data["to_stage"]
+            todo = plan(from_stage, to_stage, only)
     else:
-        first = plan(from_stage, to_stage, only)[0]
-        if run_id and first != STAGES[0]:
-            raise ConfigError(f"run '{run_id}' not found under {home.runs_dir()}: stage '{first}' needs the outputs "
-                              f"of earlier stages of an existing run. List runs with `mlops-ray runs list`, or start "
-                              f"a new run with --run-id at stage '{STAGES[0]}'.")
+        if run_id and todo[0] != STAGES[0]:
+            raise ConfigError(f"run '{run_id}' not found under {home.runs_dir()}: stage '{todo[0]}' needs the "
+                              f"outputs of earlier stages of an existing run. List runs with `mlops-ray runs list`, "
+                              f"or start a new run with --run-id at stage '{STAGES[0]}'.")
         record = RunRecord.create(home, run_id or new_run_id(), cfg)
-    todo = plan(from_stage, to_stage, only)
     if cfg.deploy.smoke_records == 0 and "smoke" in todo:
         todo.remove("smoke")
     record.data.update(status="running", to_stage=to_stage,
