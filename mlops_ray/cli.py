@@ -102,7 +102,8 @@ def _headline(stage: str, out: dict[str, Any]) -> str:
     if stage == "preprocess":
         return f"rows {out['rows']}, {out['width']} features{hit}"
     if stage == "tune":
-        return (f"{out['trials']} trials ({out['trials_failed']} failed), best {out['family']} "
+        return (f"{out['trials']} trials ({out['trials_failed']} failed, {out.get('trials_stopped_early', 0)} stopped "
+                f"early by ASHA), best {out['family']} "
                 f"validation {_METRIC_NAMES.get(out['metric'], out['metric'])} {out['best_score']:.4f}{hit}")
     if stage == "evaluate":
         auc = out["model"]["roc_auc"]
@@ -139,6 +140,19 @@ def _summary(record: dict[str, Any], keep_serving: bool = False) -> None:
         if ci:
             t.caption = f"tuned model test ROC AUC 95% bootstrap interval: {ci[0]:.4f} - {ci[1]:.4f}"
         console.print(t)
+        fams = ev.get("families") or {}
+        tune_out = st.get("tune", {}).get("outputs", {})
+        if fams:
+            metric = _METRIC_NAMES.get(tune_out.get("metric", "roc_auc"), tune_out.get("metric"))
+            ft = Table(title="Best trial of each model family")
+            for c in ("family", f"validation {metric}", "test ROC AUC", "test PR AUC"):
+                ft.add_column(c, justify="left" if c == "family" else "right")
+            for fam, m in fams.items():
+                vb = (tune_out.get("family_best") or {}).get(fam, {}).get("score")
+                ft.add_row(fam + (" (chosen)" if fam == tune_out.get("family") else ""),
+                           "-" if vb is None else f"{vb:.4f}",
+                           *("undefined" if m[k] is None else f"{m[k]:.4f}" for k in ("test_roc_auc", "test_pr_auc")))
+            console.print(ft)
     if "register" in st and st["register"].get("status") == "succeeded":
         r = st["register"]["outputs"]
         console.print(f"registered: models:/{r['name']}/{r['version']} ({r['alias']}: {r['reason']})")
@@ -167,7 +181,7 @@ def _raise_on_sigterm(*_: Any) -> None:
 
 
 def _run(config: Optional[Path], *, from_stage=None, to_stage=None, run_id=None, only=None, keep_serving=False,
-         verbose=False, resume_default_failed=False) -> None:
+         verbose=False, resume_default_failed=False, stage_options=None) -> None:
     from mlops_ray.home import Home
     from mlops_ray.pipeline import latest_failed_run, run_pipeline
     from mlops_ray.sessions import Sessions
@@ -188,11 +202,13 @@ def _run(config: Optional[Path], *, from_stage=None, to_stage=None, run_id=None,
         if run_id is None:
             _fail(f"stage '{only[0]}' needs the outputs of earlier stages and no run exists under {home.root}; "
                   "run `mlops-ray run` first or pass --run-id.", 2)
-    sessions = Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}})
+    sessions = Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}},
+                        extra_jars=cfg.ingest.spark_jars())
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # a stopped run is recorded as failed, with its resume command
     try:
         record = run_pipeline(cfg, sessions=sessions, run_id=run_id, from_stage=from_stage, to_stage=to_stage, only=only,
-                              progress=_StageProgress(), config_path=str(config) if config else None, home=home)
+                              progress=_StageProgress(), config_path=str(config) if config else None, home=home,
+                              stage_options=stage_options)
         _summary(record, keep_serving)
         if keep_serving and "deploy" in record["stages"]:
             url = record["stages"]["deploy"]["outputs"]["url"]
@@ -243,8 +259,23 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("ingest", "validate", "preprocess", "tune", "evaluate", "register", "deploy"):
+for _stage in ("ingest", "validate", "preprocess", "evaluate", "register", "deploy"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command(name="tune")
+def tune_command(config: Optional[Path] = ConfigOpt,
+                 run_id: Optional[str] = typer.Option(None, "--run-id",
+                                                      help="Run whose preprocess output to use (default: latest)."),
+                 resume: bool = typer.Option(False, "--resume", help="Continue the interrupted experiment of this "
+                                             "config and data (finished trials are kept); an error if there is none."),
+                 verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run only the 'tune' stage (inputs from the run record); --resume continues an interrupted experiment.
+
+    An interrupted experiment with the same data and config is continued even without --resume;
+    --resume makes it an error when there is nothing to continue.
+    """
+    _run(config, run_id=run_id, only=("tune",), verbose=verbose, stage_options={"tune": {"resume": resume}})
 
 
 @config_app.command("check")

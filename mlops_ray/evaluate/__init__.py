@@ -44,6 +44,7 @@ class EvaluateResult:
         curves: ``roc`` (fpr, tpr), ``pr`` (recall, precision), ``calibration`` (prob_pred, prob_true),
             each at most 200 points.
         slices: one row per (column, value) with n, metric, interval, flagged and why.
+        families: family -> test ROC AUC / PR AUC of that family's best trial (beside the chosen model).
     """
 
     path: str
@@ -51,6 +52,7 @@ class EvaluateResult:
     model: dict[str, float | None]
     baselines: dict[str, dict[str, float | None]]
     validation_roc_auc: float | None
+    families: dict[str, dict[str, float | None]] = field(default_factory=dict)
     intervals: dict[str, list[float] | None] = field(default_factory=dict)
     undefined: dict[str, str] = field(default_factory=dict)
     confusion: dict[str, int] = field(default_factory=dict)
@@ -226,12 +228,15 @@ def evaluate_predictions(cfg: EvaluateConfig, y_te: np.ndarray, p_te: np.ndarray
     }
 
 
-def run_evaluate(cfg: EvaluateConfig, model, preprocess_path: str, out_dir: str | Path, seed: int = 0) -> EvaluateResult:
+def run_evaluate(cfg: EvaluateConfig, model, preprocess_path: str, out_dir: str | Path, seed: int = 0,
+                 family_models: dict[str, str] | None = None) -> EvaluateResult:
     """Score the model and the baselines on test; write ``evaluation.json`` into ``out_dir``.
 
     Args:
         model: fitted classifier with ``predict_proba`` on the feature matrix.
         preprocess_path: output folder of preprocess (splits with features, label and raw columns).
+        family_models: family -> model file of that family's best trial (from tune); each is scored
+            on test too (``families``: test ROC AUC and PR AUC beside the chosen model's).
     """
     import pyarrow.parquet as pq
     from sklearn.linear_model import LogisticRegression
@@ -257,7 +262,15 @@ def run_evaluate(cfg: EvaluateConfig, model, preprocess_path: str, out_dir: str 
     lr_metrics = classification_metrics(y_te, logreg.predict_proba(X_te)[:, 1], lr_t, names)
 
     val_auc = metric_value("roc_auc", y_va, p_va, threshold)
-    result = EvaluateResult(path=str(Path(out_dir) / "evaluation.json"), threshold=threshold,
+    families = {}
+    if family_models:
+        from mlops_ray.tune import load_model
+
+        for fam, path in sorted(family_models.items()):
+            p = load_model(path).predict_proba(X_te)[:, 1]
+            families[fam] = {"test_roc_auc": metric_value("roc_auc", y_te, p, 0.5),
+                             "test_pr_auc": metric_value("pr_auc", y_te, p, 0.5)}
+    result = EvaluateResult(families=families, path=str(Path(out_dir) / "evaluation.json"), threshold=threshold,
                             baselines={"majority_class": majority, "logistic_regression": lr_metrics},
                             validation_roc_auc=val_auc, threshold_rule=cfg.threshold_rule, confidence=cfg.confidence,
                             rows={"train": len(y_tr), "validation": len(y_va), "test": len(y_te)}, **detail)

@@ -8,7 +8,7 @@ MLflow tracking URI (``postgresql://...``, ``http://tracking-server:5000``).
 
 Each version is an MLflow pyfunc model defined from code (:mod:`.pyfunc_model`; no pickle)
 that takes raw records, so ``mlflow models predict -m models:/flights/1`` works. Its
-``model_dir`` artifact holds ``model.skops``, ``feature_spec.json``, ``lookups/``,
+``model_dir`` artifact holds ``model.skops`` (or ``model.keras`` for the Keras MLP), ``feature_spec.json``, ``lookups/``,
 ``manifest.json``, ``evaluation.json``, ``explain.json`` and ``version.json``; the SHA-256 of
 that folder, the data fingerprint, the git commit, the config hash and the library versions
 are version tags. Loading verifies the SHA-256 and the scikit-learn/skops versions.
@@ -49,7 +49,7 @@ RECORDED_LIBRARIES = ("scikit-learn", "skops", "tensorflow-cpu", "keras", "ray",
 HISTORY_TAG = "champion_history"
 
 __all__ = ["RegisteredVersion", "run_register", "parse_model_uri", "resolve_version", "download_version",
-           "list_versions", "promote", "rollback", "tracking_uri"]
+           "list_versions", "promote", "rollback", "tracking_uri", "experiment_id"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def client(cfg: RegisterConfig, home: Home):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(c, cfg: RegisterConfig, home: Home) -> str:
+def experiment_id(c, cfg: RegisterConfig, home: Home) -> str:
+    """The id of the MLflow experiment ``register.experiment`` (created with its artifact root when missing)."""
     exp = c.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id
@@ -127,7 +128,7 @@ def stage_artifacts(dest: Path, *, model_path: str, preprocess_path: str, extra_
                     version_info: dict[str, Any]) -> str:
     """Lay out one version's ``model_dir``; returns its SHA-256."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model_path, dest / "model.skops")
+    shutil.copy(model_path, dest / Path(model_path).name)  # model.skops or model.keras
     shutil.copy(Path(preprocess_path) / "feature_spec.json", dest / "feature_spec.json")
     shutil.copy(Path(preprocess_path) / "data" / "manifest.json", dest / "manifest.json")
     shutil.copytree(Path(preprocess_path) / "lookups", dest / "lookups",
@@ -175,7 +176,7 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
         return RegisteredVersion(name=cfg.model_name, version=str(same.version), alias=alias,
                                  uri=f"models:/{cfg.model_name}/{same.version}", run_id=same.run_id, reason=reason,
                                  cache_hit=True)
-    exp_id = _experiment_id(c, cfg, home)
+    exp_id = experiment_id(c, cfg, home)
     libs = library_versions()
     commit = git_commit()
     info = {
@@ -212,7 +213,9 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
                     artifacts={MODEL_DIR: str(staged)}, code_paths=[str(Path(__file__).resolve().parent.parent)],
                     signature=_signature(),
                     pip_requirements=[f"{k}=={v}" for k, v in libs.items()
-                                      if k in ("scikit-learn", "skops", "pandas", "numpy", "mlflow")] + ["pyarrow"])
+                                      if k in ("scikit-learn", "skops", "pandas", "numpy", "mlflow")
+                                      or (k == "tensorflow-cpu" and Path(model_path).suffix == ".keras")]
+                    + ["pyarrow"])
             rid = run.info.run_id
     tags = {"data_fingerprint": data_fingerprint, "artifact_sha256": digest, "git_commit": commit,
             "model_sha256": model_sha,

@@ -42,7 +42,7 @@ class ServedModel:
 
         path = Path(path)
         info = json.loads((path / "version.json").read_text())
-        return cls(name=name, version=version, alias=alias, estimator=load_model(path / "model.skops"),
+        return cls(name=name, version=version, alias=alias, estimator=load_model(path),
                    transformer=RecordTransformer.from_dir(path), threshold=float(info["threshold"]), info=info)
 
     def predict_proba(self, records: list[dict]) -> np.ndarray:

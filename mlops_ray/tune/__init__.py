@@ -1,11 +1,18 @@
-"""Tune: parallel hyperparameter search on Ray Tune over scikit-learn model families.
+"""Tune: parallel hyperparameter search on Ray Tune over scikit-learn and Keras model families.
 
 The Spark -> Ray hand-off: the preprocess Parquet is read once on the driver into NumPy
 (:func:`mlops_ray.preprocess.load_split`) and put in Ray's object store once through
-``tune.with_parameters``; every trial reads the same shared arrays. Each trial fits one
-family with sampled hyperparameters on train, reports validation ROC AUC with
-``tune.report``, and checkpoints its model (skops format). The best trial by validation
-ROC AUC wins.
+``tune.with_parameters``; every trial on a node maps the same read-only arrays (zero-copy).
+The search is Optuna's TPE sampler through Ray Tune's ``OptunaSearch`` (bounded concurrency),
+with ASHA stopping poor iterative trials early (gradient boosting reports every
+``tune.iterations_per_report`` iterations, the Keras MLP every epoch). Every trial reports
+the four validation metrics and checkpoints its model; the best by ``tune.metric`` (its
+direction from :data:`mlops_ray.config.METRIC_MODES`) is refit on train (or train +
+validation) and handed to evaluation, with each family's best model kept beside it.
+
+The experiment lives in ``cache/tune/.experiments/<key>/`` while it runs: an interrupted
+experiment is continued (``Tuner.restore``) by the next run of the stage with the same inputs
+(``mlops-ray tune --resume`` insists on it); finished trials are not run again.
 """
 
 from __future__ import annotations
@@ -13,25 +20,43 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
-from dataclasses import dataclass
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlops_ray.cache import cache_key, cached, code_version
 from mlops_ray.config import TuneConfig
 from mlops_ray.errors import TuneError
 from mlops_ray.home import Home
-from mlops_ray.tune.families import build_estimator, to_param_space
+from mlops_ray.tune.resources import check_resources
+from mlops_ray.tune.trial import TrialSettings, report_trial, run_trial, validation_metrics
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.skops"
+MODEL_FILES = {"skops": "model.skops", "keras": "model.keras"}
+MODEL_FILE = MODEL_FILES["skops"]  # the scikit-learn families' file name
+
+__all__ = ["TuneResult", "run_tune", "load_model", "save_model", "model_file", "validation_metrics",
+           "report_trial", "check_resources", "experiment_dir"]
 
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The best trial: family, hyperparameters, validation metric and the saved model."""
+    """The search's outcome: the chosen (refit) model and every family's best trial.
+
+    Attributes:
+        family, params: the best trial's family and hyperparameters.
+        best_score: its validation ``metric``.
+        iterations: training steps the best trial reached (boosting iterations, epochs, or 1).
+        model_path: the model handed to evaluation (refit per ``tune.refit``).
+        family_best: family -> {"score", "params", "trial_id", "model_path"}.
+        trials, trials_failed, trials_stopped_early: counts over the experiment.
+        mlflow_run_id: the experiment's parent MLflow run (None when not tracked).
+        resumed: the experiment continued an interrupted one.
+    """
 
     path: str
     key: str
@@ -43,17 +68,59 @@ class TuneResult:
     trials_failed: int
     model_path: str
     cache_hit: bool
+    iterations: int = 1
+    trials_stopped_early: int = 0
+    refit: str = "train"
+    family_best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    resumed: bool = False
 
 
-def save_model(model, path: str | Path) -> None:
-    """Write a scikit-learn model in skops format (no pickle)."""
+def model_file(directory: str | Path) -> Path:
+    """The model file in ``directory`` (``model.skops`` or ``model.keras``).
+
+    Raises:
+        TuneError: neither exists.
+    """
+    for name in MODEL_FILES.values():
+        if (Path(directory) / name).exists():
+            return Path(directory) / name
+    raise TuneError(f"no model file ({' or '.join(MODEL_FILES.values())}) in {directory}.")
+
+
+def save_model(model, directory: str | Path) -> Path:
+    """Write ``model`` into ``directory``: skops for scikit-learn (no pickle), ``.keras`` for the Keras MLP."""
+    from mlops_ray.tune.families import KerasMLPClassifier
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, KerasMLPClassifier):
+        path = directory / MODEL_FILES["keras"]
+        model.save(path)
+        return path
     import skops.io as sio
 
+    path = directory / MODEL_FILES["skops"]
     sio.dump(model, str(path))
+    return path
 
 
 def load_model(path: str | Path):
-    """Load a skops model, trusting only the types skops reports for this file."""
+    """Load a model written by :func:`save_model` (a file, or a folder holding one).
+
+    skops files load trusting only the scikit-learn/NumPy types skops reports for the file.
+
+    Raises:
+        RegistryError: the skops file holds types outside scikit-learn/NumPy.
+        TuneError: no model file in the folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = model_file(path)
+    if path.suffix == ".keras":
+        from mlops_ray.tune.families import KerasMLPClassifier
+
+        return KerasMLPClassifier.load(path)
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(file=str(path))
@@ -66,149 +133,219 @@ def load_model(path: str | Path):
     return sio.load(str(path), trusted=allowed)
 
 
-def validation_metrics(y_true, proba) -> dict[str, float]:
-    """ROC AUC, PR AUC (average precision), F1 at 0.5 and log loss of ``proba`` (shape (n_rows,)) against 0/1 labels.
-
-    A metric that is undefined on these labels (one class only) is NaN. Definitions: scikit-learn's
-    ``roc_auc_score``, ``average_precision_score``, ``f1_score``, ``log_loss``.
-    """
-    import numpy as np
-    from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
-
-    y = np.asarray(y_true)
-    p = np.asarray(proba, dtype=float)
-    if not np.all(np.isfinite(p)):
-        return {"roc_auc": math.nan, "pr_auc": math.nan, "f1": math.nan, "log_loss": math.nan}
-    two_classes = len(np.unique(y)) == 2
-    return {"roc_auc": float(roc_auc_score(y, p)) if two_classes else math.nan,
-            "pr_auc": float(average_precision_score(y, p)) if two_classes else math.nan,
-            "f1": float(f1_score(y, (p >= 0.5).astype(int), zero_division=0)),
-            "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))}
+def experiment_dir(home: Home, key: str) -> Path:
+    """Where the experiment with cache key ``key`` runs (kept until it finishes, for resume)."""
+    return home.cache_dir("tune", key).parent / ".experiments" / key
 
 
-def report_trial(metrics: dict[str, Any], metric: str, checkpoint=None) -> None:
-    """``tune.report`` for every family's trainable, after checking the configured metric.
-
-    Raises:
-        TuneError: ``metric`` is missing (names it and the keys that were reported) or is NaN/infinite.
-            Tune marks just this trial failed, with this reason; the experiment goes on.
-    """
+def _trainable(settings: TrialSettings, data_refs: dict[str, Any], cfg: TuneConfig):
     from ray import tune
 
-    if metric not in metrics:
-        raise TuneError(f"the trial reported no '{metric}' (tune.metric); it reported {sorted(metrics)}.")
-    value = metrics[metric]
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TuneError(f"validation {metric} is {value} (not finite); the trial is failed and never chosen as best.")
-    tune.report(metrics, checkpoint=checkpoint)
+    def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
+        run_trial(config, data, settings)
+
+    return tune.with_resources(tune.with_parameters(trainable, data=data_refs),
+                               {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 
-def _trial(config: dict[str, Any], X_train=None, y_train=None, X_val=None, y_val=None, seed: int = 0,
-           metric: str = "roc_auc") -> None:
-    """One Tune trial: fit, score on validation, report every metric and checkpoint.
+def _search_and_scheduler(cfg: TuneConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    Raises:
-        TuneError: the configured metric is NaN or infinite (from :func:`report_trial`); Tune marks
-            the trial failed with this reason and it can never be chosen as best.
-    """
-    from ray import tune
+    from mlops_ray.tune.families import OptunaSpace, to_param_space
 
-    family = config["family"]
-    params = dict(config.get(family) or {})
-    model = build_estimator(family, params, seed)
-    model.fit(X_train, y_train)
-    scores = validation_metrics(y_val, model.predict_proba(X_val)[:, 1])
-    with tempfile.TemporaryDirectory() as d:
-        save_model(model, Path(d) / MODEL_FILE)
-        (Path(d) / "params.json").write_text(json.dumps({"family": family, "params": params}, default=float))
-        report_trial({**scores, "family": family}, metric, checkpoint=tune.Checkpoint.from_directory(d))
+    n = len(cfg.search_space)
+    if cfg.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
 
-
-def check_resources(nodes: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """Fail fast when no single node can ever hold one trial (a trial never spans nodes).
-
-    Args:
-        nodes: ``ray.nodes()`` (alive and dead; only alive ones count).
-
-    Raises:
-        TuneError: naming what one trial asks and what the largest node has.
-    """
-    alive = [n for n in nodes if n.get("Alive", n.get("alive", False))]
-    cpu = max((n.get("Resources", {}).get("CPU", 0.0) for n in alive), default=0.0)
-    gpu = max((n.get("Resources", {}).get("GPU", 0.0) for n in alive), default=0.0)
-    if cpus_per_trial > cpu or gpus_per_trial > gpu:
-        raise TuneError(f"one trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU "
-                        f"(tune.cpus_per_trial, tune.gpus_per_trial) but the largest of the {len(alive)} Ray node(s) "
-                        f"has {cpu:g} CPU and {gpu:g} GPU, so no trial could ever start. Lower the request or add a "
-                        "node that large.")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+        search = ConcurrencyLimiter(OptunaSearch(space=OptunaSpace(cfg.search_space), sampler=sampler,
+                                                 metric=cfg.metric, mode=cfg.mode),
+                                    max_concurrent=cfg.max_concurrent_trials)
+        param_space, num_samples = None, cfg.num_samples * n
+    else:
+        search = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials)
+        param_space, num_samples = to_param_space(cfg.search_space), cfg.num_samples
+    if cfg.early_stopping == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.asha_grace_period,
+                                  reduction_factor=cfg.asha_reduction_factor, max_t=10_000)
+    else:
+        scheduler = FIFOScheduler()
+    return search, scheduler, param_space, num_samples
 
 
-def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key: str, home: Home) -> TuneResult:
-    """Run the search and keep the best model.
+def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key: str, home: Home, *,
+             resume: bool = False, tracking: Callable[[], tuple[Any, str]] | None = None) -> TuneResult:
+    """Run the search, refit the best configuration and keep it (cached by inputs, config and code).
 
     Args:
         cfg: the ``tune`` slice.
         ray_session: returns the connected ``ray`` module (``Sessions.ray``); called only when the
             search is not cached yet.
         preprocess_path: output folder of preprocess.
+        resume: require an interrupted experiment for these inputs and continue it (an
+            interrupted one is continued even without this flag).
+        tracking: returns ``(MlflowClient, experiment_id)`` for trial tracking (``tune.track_trials``).
+
+    Progress: one INFO line per finished trial on the ``mlops_ray.tune.progress`` logger.
 
     Raises:
-        TuneError: every trial failed (the message lists the first errors).
+        TuneError: every trial failed (lists the first errors); ``resume`` with nothing to resume;
+            a trial no node can hold.
     """
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
-
-    from mlops_ray.preprocess import load_split
-
     key = cache_key("tune", preprocess_key, cfg.fingerprint(), code_version("tune"))
+    exp_root = experiment_dir(home, key)
+    if resume and (home.cache_dir("tune", key) / "_SUCCESS").exists():
+        logger.info("tune: nothing to resume, the experiment for these inputs finished (%s)", home.cache_dir("tune", key))
+    elif resume and not (exp_root / "experiment").exists():
+        raise TuneError(f"nothing to resume: no interrupted experiment for this config and data at {exp_root}. "
+                        "Run `mlops-ray tune` (without --resume) to start one.")
+    state: dict[str, Any] = {"resumed": False}
 
     def build(out: Path) -> None:
-        check_resources(ray_session().nodes(), cfg.cpus_per_trial, cfg.gpus_per_trial)
-        X_tr, y_tr = load_split(preprocess_path, "train")
-        X_va, y_va = load_split(preprocess_path, "validation")
-        logger.info("tune: train %s, validation %s, %d families x %d samples",
-                    X_tr.shape, X_va.shape, len(cfg.search_space), cfg.num_samples)
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, X_train=X_tr, y_train=y_tr, X_val=X_va, y_val=y_va, seed=cfg.seed,
-                                 metric=cfg.metric),
-            {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_param_space(cfg.search_space),
-            # concurrency is the search algorithm's setting once one is given (Tune ignores
-            # TuneConfig.max_concurrent_trials then)
-            tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
-                                        search_alg=BasicVariantGenerator(random_state=cfg.seed,
-                                                                         max_concurrent=cfg.max_concurrent_trials)),
-            run_config=tune.RunConfig(name="experiment", storage_path=str(out / "tune"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
-        )
-        grid = tuner.fit()
-        failed = [r for r in grid if r.error is not None]
-        ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(cfg.metric, math.nan))]
-        if not ok:
-            errs = "; ".join(str(r.error)[:200] for r in failed[:3])
-            raise TuneError(f"tune: all {len(grid)} trials failed; first errors: {errs}")
-        best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, filter_nan_and_inf=True)
-        with best.checkpoint.as_directory() as d:
-            import shutil
+        from ray import tune
 
-            shutil.copy(Path(d) / MODEL_FILE, out / MODEL_FILE)
-            chosen = json.loads((Path(d) / "params.json").read_text())
-        trials = [{"family": r.config.get("family"), "params": r.config.get(r.config.get("family")),
-                   cfg.metric: (r.metrics or {}).get(cfg.metric), "error": str(r.error) if r.error else None}
-                  for r in grid]
-        (out / "best.json").write_text(json.dumps({
-            **chosen, "metric": cfg.metric, "best_score": best.metrics[cfg.metric],
-            "trials": len(grid), "trials_failed": len(failed), "all_trials": trials}, indent=2, default=float))
+        from mlops_ray import preprocess as pre
+        from mlops_ray.tune.progress import TrialProgress
+
+        ray = ray_session()
+        check_resources(ray.nodes(), cfg.cpus_per_trial, cfg.gpus_per_trial)
+        X_tr, y_tr = pre.load_split(preprocess_path, "train")  # the only reads of the data: trials share these
+        X_va, y_va = pre.load_split(preprocess_path, "validation")
+        logger.info("tune: train %s, validation %s, %d families x %d trials, %s search, %s scheduler",
+                    X_tr.shape, X_va.shape, len(cfg.search_space), cfg.num_samples, cfg.search, cfg.early_stopping)
+        data_refs = {"X_train": X_tr, "y_train": y_tr, "X_val": X_va, "y_val": y_va}
+        settings = TrialSettings(metric=cfg.metric, seed=cfg.seed, cpus=cfg.cpus_per_trial,
+                                 class_weight=cfg.class_weight, iterations_per_report=cfg.iterations_per_report,
+                                 time_limit_s=cfg.time_limit_per_trial_s)
+        trainable = _trainable(settings, data_refs, cfg)
+        exp_root.mkdir(parents=True, exist_ok=True)
+        exp_path = exp_root / "experiment"
+        # Tune's own console output (a configuration box, tmp paths, snapshot warnings) is replaced
+        # by one line per finished trial (``progress``); set these variables to get it back.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        total = cfg.num_samples * len(cfg.search_space)
+        started = time.monotonic()
+        if exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
+            logger.info("tune: continuing the interrupted experiment at %s (finished trials are kept)", exp_path)
+            state["resumed"] = True
+            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            shutil.rmtree(exp_path, ignore_errors=True)
+            search, scheduler, param_space, num_samples = _search_and_scheduler(cfg)
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=num_samples,
+                                            search_alg=search, scheduler=scheduler, reuse_actors=cfg.reuse_actors),
+                run_config=tune.RunConfig(
+                    name="experiment", storage_path=str(exp_root), verbose=0,
+                    callbacks=[TrialProgress(total)],
+                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        grid = tuner.fit()
+        summary = _summarise(grid, cfg, out, time.monotonic() - started)
+        refit_path = _refit(cfg, summary, X_tr, y_tr, X_va, y_va, out)
+        summary["model_file"] = refit_path.name
+        if cfg.track_trials and tracking is not None:
+            from mlops_ray.tune.tracking import log_experiment
+
+            client, experiment_id = tracking()
+            summary["mlflow_run_id"] = log_experiment(client, experiment_id, grid, cfg, key, summary)
+        summary["resumed"] = state["resumed"]
+        (out / "best.json").write_text(json.dumps(summary, indent=2, default=float))
+        shutil.move(str(exp_path), str(out / "tune"))
+        shutil.rmtree(exp_root, ignore_errors=True)
 
     entry = cached(home, "tune", key, build)
     best = json.loads((entry.path / "best.json").read_text())
     logger.info("tune: best %s %s, validation %s=%.4f", best["family"], best["params"], cfg.metric, best["best_score"])
     return TuneResult(path=str(entry.path), key=key, family=best["family"], params=best["params"],
                       metric=cfg.metric, best_score=float(best["best_score"]), trials=best["trials"],
-                      trials_failed=best["trials_failed"], model_path=str(entry.path / MODEL_FILE),
-                      cache_hit=entry.hit)
+                      trials_failed=best["trials_failed"], model_path=str(entry.path / best["model_file"]),
+                      cache_hit=entry.hit, iterations=int(best["iterations"]),
+                      trials_stopped_early=int(best["trials_stopped_early"]), refit=best["refit"],
+                      family_best={f: {**v, "model_path": str(entry.path / v["model_path"])}
+                                   for f, v in best["family_best"].items()},
+                      mlflow_run_id=best.get("mlflow_run_id"), resumed=bool(best.get("resumed")))
 
 
+def _summarise(grid, cfg: TuneConfig, out: Path, elapsed_s: float) -> dict[str, Any]:
+    """best.json's content: the best trial, each family's best (model copied), every trial's outcome."""
+    failed = [r for r in grid if r.error is not None]
+    ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(cfg.metric, math.nan))]
+    if not ok:
+        errs = "; ".join(str(r.error).strip().splitlines()[-1][:300] for r in failed[:3])
+        raise TuneError(f"tune: all {len(grid)} trials failed; first errors: {errs}")
+    sign = 1 if cfg.mode == "max" else -1
+    family_best: dict[str, dict[str, Any]] = {}
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        fam = r.config.get("family")
+        stopped_early = r.error is None and fam in _planned_steps(cfg) and \
+            m.get("iterations", 0) < _planned_steps(cfg)[fam](r.config.get(fam) or {})
+        trials.append({"trial_id": m.get("trial_id"), "family": fam, "params": r.config.get(fam),
+                       **{k: m.get(k) for k in ("roc_auc", "pr_auc", "f1", "log_loss", "iterations", "cpu_s", "wall_s",
+                                                "node_id")},
+                       "stopped_early": bool(stopped_early),
+                       "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None})
+        if r in ok and (fam not in family_best or sign * m[cfg.metric] > sign * family_best[fam]["score"]):
+            family_best[fam] = {"score": m[cfg.metric], "params": r.config.get(fam), "trial_id": m.get("trial_id"),
+                                "iterations": m.get("iterations"), "_result": r}
+    for fam, fb in family_best.items():
+        r = fb.pop("_result")
+        with r.checkpoint.as_directory() as d:
+            src = next(p for p in (Path(d) / n for n in MODEL_FILES.values()) if p.exists())
+            dest = out / "family_best" / fam
+            dest.mkdir(parents=True)
+            shutil.copy(src, dest / src.name)
+        fb["model_path"] = str((dest / src.name).relative_to(out))
+    best_family = max(family_best, key=lambda f: sign * family_best[f]["score"])
+    best = family_best[best_family]
+    return {"family": best_family, "params": best["params"], "metric": cfg.metric, "best_score": best["score"],
+            "iterations": int(best["iterations"] or 1), "trial_id": best["trial_id"], "refit": cfg.refit,
+            "trials": len(grid), "trials_failed": len(failed),
+            "trials_stopped_early": sum(t["stopped_early"] for t in trials), "elapsed_s": elapsed_s,
+            "family_best": {f: {k: v for k, v in fb.items()} for f, fb in sorted(family_best.items())},
+            "all_trials": trials}
+
+
+def _planned_steps(cfg: TuneConfig) -> dict[str, Callable[[dict[str, Any]], int]]:
+    """Steps a trial of an iterative family reports when nothing stops it."""
+    return {"hist_gradient_boosting": lambda p: int(p.get("max_iter", 100)),
+            "keras_mlp": lambda p: int(p.get("epochs", 5))}
+
+
+def _refit(cfg: TuneConfig, summary: dict[str, Any], X_tr, y_tr, X_va, y_va, out: Path) -> Path:
+    """The model handed to evaluation, per ``tune.refit``.
+
+    'train': the best trial's own checkpointed model (already fit on train, as far as it got).
+    'train_validation': the best configuration fit again on train + validation, with the
+    iterations/epochs the best trial reached (its validation metrics are then in-sample).
+    """
+    import numpy as np
+
+    from mlops_ray.tune.families import fit_in_steps
+    from mlops_ray.tune.resources import cap_threads
+
+    fam, params = summary["family"], dict(summary["params"] or {})
+    if cfg.refit == "train":
+        src = out / summary["family_best"][fam]["model_path"]
+        return Path(shutil.copy(src, out / src.name))
+    if fam == "hist_gradient_boosting":
+        params["max_iter"] = summary["iterations"]
+    if fam == "keras_mlp":
+        params["epochs"] = summary["iterations"]
+    X, y = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+    t0 = time.monotonic()
+    with cap_threads(cfg.cpus_per_trial, tensorflow=(fam == "keras_mlp")):
+        model = fit_in_steps(fam, params, X, y, seed=cfg.seed, n_jobs=cfg.cpus_per_trial,
+                             class_weight=cfg.class_weight, iterations_per_report=10**9)
+    summary["refit_s"] = time.monotonic() - t0
+    summary["refit_rows"] = int(len(y))
+    logger.info("tune: refit %s on train + validation (%d rows) in %.1f s", fam, len(y), summary["refit_s"])
+    return save_model(model, out)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mlops_ray.errors import TuneError
-from mlops_ray.tune import _trial, check_resources, report_trial, validation_metrics
+from mlops_ray.tune import check_resources, report_trial, validation_metrics
+from mlops_ray.tune.trial import TrialSettings, run_trial
 
 
 def _data(seed=0, n=400):
@@ -69,7 +70,8 @@ def test_a_nan_metric_fails_its_trial_with_the_reason_and_is_never_best(sessions
 
     def trainable(config, X=None, y=None):
         bad = config["family"] == "logistic_regression"
-        _trial(config, X_train=X[:300], y_train=y[:300], X_val=X[300:], y_val=y_one_class if bad else y[300:])
+        run_trial(config, {"X_train": X[:300], "y_train": y[:300], "X_val": X[300:],
+                           "y_val": y_one_class if bad else y[300:]}, TrialSettings(metric="roc_auc", seed=0, cpus=1))
 
     grid = _tuner(tune.with_parameters(trainable, X=X, y=y), tmp_path).fit()
     by_family = {r.config["family"]: r for r in grid}
