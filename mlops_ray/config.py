@@ -444,9 +444,15 @@ class TuneConfig(_Model):
     num_samples: Annotated[int, Field(ge=1, le=1000)] = Field(
         2, description="Trials per model family (families take turns, so each gets exactly this many).")
     max_concurrent_trials: Annotated[int, Field(ge=1)] = Field(2, description="Trials running at once.")
-    cpus_per_trial: Annotated[int, Field(ge=1)] = Field(
-        1, description="Ray CPUs reserved per trial; also the trial's thread cap (scikit-learn n_jobs, BLAS/OpenMP "
-                       "threads through threadpoolctl, TensorFlow intra-/inter-op threads).")
+    cpus_per_trial: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Ray CPUs reserved per trial (fractions allowed); also the trial's thread cap, "
+                         "max(1, floor(cpus_per_trial)): scikit-learn n_jobs, BLAS/OpenMP threads through "
+                         "threadpoolctl, TensorFlow intra-/inter-op threads.")
+
+    @property
+    def threads_per_trial(self) -> int:
+        """Threads one trial may run: ``max(1, floor(cpus_per_trial))``."""
+        return max(1, int(self.cpus_per_trial))
     reuse_actors: bool = Field(
         True, description="Keep trial workers between trials (Tune's reuse_actors): no process start per trial.")
     seed: int = Field(0, description="Seed of the search and of every model (a rerun at concurrency 1 is identical).")

@@ -217,7 +217,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         logger.info("tune: train %s, validation %s, %d families x %d trials, %s search, %s scheduler",
                     X_tr.shape, X_va.shape, len(cfg.search_space), cfg.num_samples, cfg.search, cfg.early_stopping)
         data_refs = {"X_train": X_tr, "y_train": y_tr, "X_val": X_va, "y_val": y_va}
-        settings = TrialSettings(metric=cfg.metric, seed=cfg.seed, cpus=cfg.cpus_per_trial,
+        settings = TrialSettings(metric=cfg.metric, seed=cfg.seed, cpus=cfg.threads_per_trial,
                                  class_weight=cfg.class_weight, iterations_per_report=cfg.iterations_per_report,
                                  time_limit_s=cfg.time_limit_per_trial_s)
         trainable = _trainable(settings, data_refs, cfg)
@@ -342,8 +342,8 @@ def _refit(cfg: TuneConfig, summary: dict[str, Any], X_tr, y_tr, X_va, y_va, out
         params["epochs"] = summary["iterations"]
     X, y = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
     t0 = time.monotonic()
-    with cap_threads(cfg.cpus_per_trial, tensorflow=(fam == "keras_mlp")):
-        model = fit_in_steps(fam, params, X, y, seed=cfg.seed, n_jobs=cfg.cpus_per_trial,
+    with cap_threads(cfg.threads_per_trial, tensorflow=(fam == "keras_mlp")):
+        model = fit_in_steps(fam, params, X, y, seed=cfg.seed, n_jobs=cfg.threads_per_trial,
                              class_weight=cfg.class_weight, iterations_per_report=10**9)
     summary["refit_s"] = time.monotonic() - t0
     summary["refit_rows"] = int(len(y))
