@@ -34,7 +34,7 @@ class StopTraining(Exception):
 
 def build_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int = 1,
                     class_weight: str | None = None):
-    """An unfitted classifier for ``family`` with ``params``.
+    """An unfitted classifier for ``family`` with ``params`` (which override the defaults set here, except ``n_jobs``).
 
     Args:
         n_jobs: threads of the families that take ``n_jobs`` (random forest; the Keras MLP's
@@ -47,18 +47,18 @@ def build_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int 
     if family == "logistic_regression":
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(max_iter=2000, random_state=seed, class_weight=class_weight, **params)
+        return LogisticRegression(**{"max_iter": 2000, "random_state": seed, "class_weight": class_weight, **params})
     if family == "hist_gradient_boosting":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        return HistGradientBoostingClassifier(random_state=seed, early_stopping=False, class_weight=class_weight,
-                                              **params)
+        return HistGradientBoostingClassifier(**{"random_state": seed, "early_stopping": False,
+                                                 "class_weight": class_weight, **params})
     if family == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(random_state=seed, n_jobs=n_jobs, class_weight=class_weight, **params)
+        return RandomForestClassifier(**{"random_state": seed, "class_weight": class_weight, **params, "n_jobs": n_jobs})
     if family == "keras_mlp":
-        return KerasMLPClassifier(seed=seed, class_weight=class_weight, **params)
+        return KerasMLPClassifier(**{"seed": seed, "class_weight": class_weight, **params})
     raise ValueError(f"unknown model family '{family}'; expected one of {', '.join(FAMILIES)}")
 
 

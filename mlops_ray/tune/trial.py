@@ -129,11 +129,11 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], settings: TrialSetti
     params = dict(config.get(family) or {})
     trial_dir = _trial_dir()
     marker = trial_dir / TIME_LIMIT_MARKER if trial_dir else None
-    if marker is not None and marker.exists():
-        raise TuneError(json.loads(marker.read_text())["reason"] + " (an earlier attempt; not retried)")
     if trial_dir is not None:  # one line per call of the trainable: retries and resumed trials show here
         with open(trial_dir / ATTEMPTS_FILE, "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "started": time.time(), "family": family}) + "\n")
+    if marker is not None and marker.exists():
+        raise TuneError(json.loads(marker.read_text())["reason"] + " (an earlier attempt; not retried)")
     X_tr, y_tr, X_va, y_va = data["X_train"], data["y_train"], data["X_val"], data["y_val"]
     fixed = {"family": family, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
              "data_shared": bool(not X_tr.flags.writeable and not X_va.flags.writeable)}
