@@ -23,6 +23,10 @@ class DataError(MlopsRayError):
     """Input data does not match what a stage expects (missing column, empty split...)."""
 
 
+class SourceUnavailableError(MlopsRayError):
+    """A data source did not answer (connection refused, timeout, retried HTTP status); a later retry may succeed."""
+
+
 class StageError(MlopsRayError):
     """A pipeline stage failed; carries the stage name and the command that resumes the run.
 

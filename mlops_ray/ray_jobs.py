@@ -78,7 +78,7 @@ def job_main(target: str, argv: list[str] | None = None) -> int:
         if target != "pipeline" and target != "ingest" and not args.run_id:
             raise ConfigError(f"stage '{target}' reads the outputs of earlier stages from a run record; "
                               "pass --run-id ID of the run that ran them.")
-        with Sessions(cfg.engines) as sessions:
+        with Sessions(cfg.engines, extra_jars=cfg.ingest.spark_jars()) as sessions:
             record = run_pipeline(
                 cfg, sessions=sessions, run_id=args.run_id,
                 from_stage=getattr(args, "from_stage", None), to_stage=getattr(args, "to_stage", None),

@@ -57,11 +57,15 @@ class Sessions:
     Args:
         engines: the ``engines`` slice of the config.
         ray_runtime_env: runtime environment passed to ``ray.init`` (e.g. MLOPS_RAY_HOME).
+        extra_jars: jar files put on the SparkSession's classpath (``spark.jars``) when it starts, e.g.
+            ``cfg.ingest.spark_jars()`` (JDBC drivers); a session's jars are fixed once it runs.
     """
 
-    def __init__(self, engines: EnginesConfig, ray_runtime_env: dict | None = None):
+    def __init__(self, engines: EnginesConfig, ray_runtime_env: dict | None = None,
+                 extra_jars: tuple[str, ...] | list[str] = ()):
         self.engines = engines
         self.ray_runtime_env = ray_runtime_env or {}
+        self.extra_jars = tuple(extra_jars)
         self._spark: SparkSession | None = None
         self._ray_started_here = False
         self._ray_connected = False
@@ -69,8 +73,18 @@ class Sessions:
     # ------------------------------------------------------------------ Spark
     @property
     def spark(self) -> "SparkSession":
-        """The SparkSession, started on first access (UTC session time zone, few shuffle partitions)."""
+        """The SparkSession, started on first access (UTC session time zone, few shuffle partitions).
+
+        Raises:
+            EnvironmentSetupError: no Java 17+, or a jar of ``extra_jars`` does not exist.
+        """
         if self._spark is None:
+            missing = [j for j in self.extra_jars if not os.path.isfile(j)]
+            if missing:
+                raise EnvironmentSetupError(
+                    f"Spark jar(s) {missing} do not exist; the config names them (ingest.tables.<table>.driver_jar). "
+                    "Install the driver (PostgreSQL: `apt-get install -y libpostgresql-jdbc-java` puts it at "
+                    "/usr/share/java/postgresql.jar) or fix the path.")
             check_java()
             sc = self.engines.spark
             local = sc.master.startswith("local")
@@ -97,6 +111,8 @@ class Sessions:
             )
             if driver_host:
                 builder = builder.config("spark.driver.host", driver_host)
+            if self.extra_jars:
+                builder = builder.config("spark.jars", ",".join(os.path.abspath(j) for j in self.extra_jars))
             if local:
                 builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
             self._spark = builder.getOrCreate()

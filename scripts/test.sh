@@ -4,11 +4,12 @@
 set -euo pipefail
 export MLOPS_RAY_DEV=1
 
-# Debian packages the tests start for real: PostgreSQL (registry backend), Chromium and its
-# driver (the report is opened in a headless browser), Prometheus (promtool checks the scrape
-# config) and the Pushgateway (batch metrics are pushed to it).
+# Debian packages the tests start for real: PostgreSQL (registry backend, JDBC ingest source)
+# and its JDBC driver (/usr/share/java/postgresql.jar), Chromium and its driver (the report is
+# opened in a headless browser), Prometheus (promtool checks the scrape config) and the
+# Pushgateway (batch metrics are pushed to it).
 need=()
-for pkg in postgresql chromium chromium-driver prometheus prometheus-pushgateway; do
+for pkg in postgresql libpostgresql-jdbc-java chromium chromium-driver prometheus prometheus-pushgateway; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

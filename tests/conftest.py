@@ -7,11 +7,16 @@ integration tests read what it produced.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Sample of the flights kept by the integration runs (about 13,000 flights, all months).
 SAMPLE_FRACTION = 0.04
+
+#: The PostgreSQL JDBC driver of Debian's libpostgresql-jdbc-java (scripts/test.sh installs it).
+POSTGRES_JDBC_JAR = "/usr/share/java/postgresql.jar"
 
 
 def free_port() -> int:
@@ -91,12 +99,16 @@ def sample_config_mapping(serve_port: int, metrics_port: int, **overrides) -> di
 
 @pytest.fixture(scope="session")
 def sessions():
-    """One Sessions object (Spark and Ray started lazily) for the whole test session."""
+    """One Sessions object (Spark and Ray started lazily) for the whole test session.
+
+    Its SparkSession carries the PostgreSQL JDBC driver when installed (a session's jars are fixed at
+    start); the JDBC tests fail with the install command when it is not.
+    """
     from mlops_ray.config import config_from_mapping
     from mlops_ray.sessions import Sessions
 
     cfg = config_from_mapping(sample_config_mapping(free_port(), free_port()))
-    s = Sessions(cfg.engines)
+    s = Sessions(cfg.engines, extra_jars=(POSTGRES_JDBC_JAR,) if os.path.isfile(POSTGRES_JDBC_JAR) else ())
     yield s
     s.close()
 
@@ -123,3 +135,79 @@ def pipeline_run(sessions, tmp_path_factory):
 def endpoint(pipeline_run) -> str:
     """Base URL of the deployed model server."""
     return pipeline_run[2]["stages"]["deploy"]["outputs"]["url"]
+
+
+# ------------------------------------------------------------------ PostgreSQL
+def pg_bin(name: str) -> str:
+    """Path of a PostgreSQL server program (Debian's /usr/lib/postgresql/<version>/bin)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.fail("PostgreSQL server binaries not found: scripts/test.sh installs Debian's postgresql package")
+    return found[-1]
+
+
+def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running PostgreSQL server on loopback.
+
+    The superuser ``postgres`` connects without a password (trust); every other role must give its
+    password (scram-sha-256), so a test can prove credentials are really sent.
+    """
+
+    host: str
+    port: int
+
+    def uri(self, database: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
+        """libpq/SQLAlchemy URI of ``database``."""
+        auth = user if password is None else f"{user}:{password}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}"
+
+    def jdbc_url(self, database: str) -> str:
+        """JDBC URL of ``database`` (no credentials)."""
+        return f"jdbc:postgresql://{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (owned by postgres); its URI."""
+        import psycopg
+
+        with psycopg.connect(self.uri(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1:<free port> for the whole test session; stopped afterwards."""
+    root = tempfile.mkdtemp(prefix="mlops_ray_pg_")
+    data, sock = os.path.join(root, "data"), os.path.join(root, "sock")
+    os.makedirs(sock)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    _as_postgres([pg_bin("initdb"), "-D", data, "-U", "postgres", "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-E", "UTF8"])
+    hba = Path(data) / "pg_hba.conf"
+    hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                   "host all all 127.0.0.1/32 scram-sha-256\n")
+    if os.geteuid() == 0:
+        shutil.chown(hba, "postgres")
+    port = free_port()
+    _as_postgres([pg_bin("pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "-o",
+                  f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                pytest.fail("PostgreSQL did not accept connections within 30 s")
+            time.sleep(0.2)
+        yield PostgresServer("127.0.0.1", port)
+    finally:
+        _as_postgres([pg_bin("pg_ctl"), "-D", data, "-m", "fast", "stop"])
+        shutil.rmtree(root, ignore_errors=True)

