@@ -192,16 +192,18 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
     Progress: one INFO line per finished trial on the ``mlops_ray.tune.progress`` logger.
 
     Raises:
-        TuneError: every trial failed (lists the first errors); ``resume`` with nothing to resume;
-            a trial no node can hold.
+        TuneError: every trial failed (lists the first errors); a trial no node can hold.
+        ConfigError: ``resume`` with nothing to resume (not retried by the runner).
     """
     key = cache_key("tune", preprocess_key, cfg.fingerprint(), code_version("tune"))
     exp_root = experiment_dir(home, key)
     if resume and (home.cache_dir("tune", key) / "_SUCCESS").exists():
         logger.info("tune: nothing to resume, the experiment for these inputs finished (%s)", home.cache_dir("tune", key))
     elif resume and not (exp_root / "experiment").exists():
-        raise TuneError(f"nothing to resume: no interrupted experiment for this config and data at {exp_root}. "
-                        "Run `mlops-ray tune` (without --resume) to start one.")
+        from mlops_ray.errors import ConfigError
+
+        raise ConfigError(f"nothing to resume: no interrupted experiment for this config and data at {exp_root}. "
+                          "Run `mlops-ray tune` (without --resume) to start one.")
     state: dict[str, Any] = {"resumed": False}
 
     def build(out: Path) -> None:
@@ -219,7 +221,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         data_refs = {"X_train": X_tr, "y_train": y_tr, "X_val": X_va, "y_val": y_va}
         settings = TrialSettings(metric=cfg.metric, seed=cfg.seed, cpus=cfg.threads_per_trial,
                                  class_weight=cfg.class_weight, iterations_per_report=cfg.iterations_per_report,
-                                 time_limit_s=cfg.time_limit_per_trial_s)
+                                 time_limit_s=cfg.time_limit_per_trial_s, attempts_dir=str(exp_root / "attempts"))
         trainable = _trainable(settings, data_refs, cfg)
         exp_root.mkdir(parents=True, exist_ok=True)
         exp_path = exp_root / "experiment"
@@ -236,6 +238,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
                                        resume_errored=False, restart_errored=False)
         else:
             shutil.rmtree(exp_path, ignore_errors=True)
+            shutil.rmtree(exp_root / "attempts", ignore_errors=True)
             search, scheduler, param_space, num_samples = _search_and_scheduler(cfg)
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
@@ -258,6 +261,8 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         summary["resumed"] = state["resumed"]
         (out / "best.json").write_text(json.dumps(summary, indent=2, default=float))
         shutil.move(str(exp_path), str(out / "tune"))
+        if (exp_root / "attempts").exists():
+            shutil.move(str(exp_root / "attempts"), str(out / "attempts"))
         shutil.rmtree(exp_root, ignore_errors=True)
 
     entry = cached(home, "tune", key, build)

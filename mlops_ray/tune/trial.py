@@ -5,7 +5,9 @@ fit's step results and calls ``tune.report`` for each. So a trial that hangs ins
 ``fit`` (which Tune's stopping never reaches: it acts only on reports) is still stopped at
 ``tune.time_limit_per_trial_s``: the trial raises :class:`~mlops_ray.errors.TuneError` with the
 reason, Tune marks it failed and ends its worker process (the hung fit thread ends with it), and
-a marker in the trial's folder makes a retry fail at once instead of hanging again.
+a marker beside the trial's attempt log makes a retry fail at once instead of hanging again.
+Every call of the trainable appends a line to ``<attempts_dir>/<trial_id>.jsonl`` (kept in the
+stage output as ``attempts/``): retries and resumed trials show there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from typing import Any
 from mlops_ray.errors import TuneError
 
 TIME_LIMIT_MARKER = "time_limit_exceeded.json"
-ATTEMPTS_FILE = "attempts.jsonl"  # in each trial's folder: one line per call of the trainable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TrialSettings:
     class_weight: str | None = None
     iterations_per_report: int = 25
     time_limit_s: float | None = None
+    attempts_dir: str | None = None  # shared folder: <trial_id>.jsonl per trial, time-limit markers
 
 
 def validation_metrics(y_true, proba) -> dict[str, float]:
@@ -89,11 +91,11 @@ def _uss_mb() -> float:
     return psutil.Process().memory_full_info().uss / 2**20
 
 
-def _trial_dir() -> Path | None:
+def _trial_id() -> str | None:
     from ray import tune
 
     try:
-        return Path(tune.get_context().get_trial_dir())
+        return tune.get_context().get_trial_id()
     except Exception:  # noqa: BLE001 - outside a Tune trial (direct calls in tests)
         return None
 
@@ -127,11 +129,14 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], settings: TrialSetti
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per step
     family = config["family"]
     params = dict(config.get(family) or {})
-    trial_dir = _trial_dir()
-    marker = trial_dir / TIME_LIMIT_MARKER if trial_dir else None
-    if trial_dir is not None:  # one line per call of the trainable: retries and resumed trials show here
-        with open(trial_dir / ATTEMPTS_FILE, "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "started": time.time(), "family": family}) + "\n")
+    trial_id = _trial_id()
+    marker = None
+    if settings.attempts_dir and trial_id:  # one line per call of the trainable: retries and resumes show here
+        Path(settings.attempts_dir).mkdir(parents=True, exist_ok=True)
+        marker = Path(settings.attempts_dir) / f"{trial_id}.{TIME_LIMIT_MARKER}"
+        with open(Path(settings.attempts_dir) / f"{trial_id}.jsonl", "a") as f:
+            f.write(json.dumps({"trial_id": trial_id, "pid": os.getpid(), "started": time.time(),
+                                "family": family}) + "\n")
     if marker is not None and marker.exists():
         raise TuneError(json.loads(marker.read_text())["reason"] + " (an earlier attempt; not retried)")
     X_tr, y_tr, X_va, y_va = data["X_train"], data["y_train"], data["X_val"], data["y_val"]

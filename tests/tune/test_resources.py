@@ -114,7 +114,7 @@ def test_a_trial_past_its_time_limit_is_stopped_from_outside_and_the_experiment_
     assert "(an earlier attempt; not retried)" in err  # the retry (max_failures=1) failed at once
     assert elapsed < 60, elapsed
     # the process that ran the hung fit is gone (its fit thread with it)
-    attempts = [json.loads(line) for f in Path(res.path, "tune").glob("*/attempts.jsonl")
+    attempts = [json.loads(line) for f in Path(res.path, "attempts").glob("*.jsonl")
                 for line in f.read_text().splitlines() if json.loads(line)["family"] == "random_forest"]
     assert len(attempts) == 2
     deadline = time.monotonic() + 30

@@ -1,0 +1,113 @@
+"""`mlops-ray tune --resume`: an experiment killed mid-way continues without re-running finished trials.
+
+The CLI runs in its own process with its own local Ray (in a temp dir, so the kill and the
+clean-up reach exactly its processes). The run record is one whose preprocess stage is done,
+pointing at synthetic preprocess outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops_ray.config import config_from_mapping
+from mlops_ray.home import Home
+from mlops_ray.pipeline import RunRecord
+from tests.conftest import free_port, kill_processes_under
+from tests.tune.conftest import write_preprocess
+
+pytestmark = pytest.mark.timeout(600)
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture()
+def tune_run(tmp_path):
+    """(env, config path, run id, home): a run whose preprocess succeeded, and a config for 6 trials."""
+    home = Home.resolve(tmp_path / "home").ensure()
+    pre = write_preprocess(tmp_path / "pre", n_train=40_000, width=40)
+    mapping = {"engines": {"ray": {"num_cpus": 2, "include_dashboard": False, "metrics_export_port": free_port(),
+                                   "object_store_memory_bytes": 200 * 1024 * 1024}},
+               "tune": {"num_samples": 3, "iterations_per_report": 100, "early_stopping": "none", "track_trials": False,
+                        "search_space": {
+                            "logistic_regression": {"C": {"distribution": "loguniform", "low": 0.01, "high": 1.0}},
+                            "hist_gradient_boosting": {"max_iter": {"distribution": "fixed", "value": 400},
+                                                       "learning_rate": {"distribution": "fixed", "value": 0.1}}}}}
+    cfg_path = tmp_path / "tune.yaml"
+    cfg_path.write_text(yaml.safe_dump(mapping))
+    rec = RunRecord.create(home, "run-resume", config_from_mapping(mapping))
+    rec.data["stages"]["preprocess"] = {"status": "succeeded", "outputs": {"path": str(pre), "key": "pre-resume"}}
+    rec.save()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    ray_tmp = tempfile.mkdtemp(prefix="mr_")  # short: Ray's socket paths must stay under 107 bytes
+    env.update(MLOPS_RAY_HOME=str(home.root), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+    yield env, cfg_path, "run-resume", home, Path(ray_tmp)
+    kill_processes_under(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _attempts(folder: Path) -> dict[str, list[dict]]:
+    """trial id -> one entry per call of the trainable (the stage's attempt log)."""
+    return {f.stem: [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            for f in folder.glob("*.jsonl")}
+
+
+def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tune_run):
+    from ray.tune import ExperimentAnalysis
+
+    env, cfg_path, run_id, home, tmp = tune_run
+    mr = str(VENV_BIN / "mlops-ray")
+    proc = subprocess.Popen([mr, "tune", "--config", str(cfg_path), "--run-id", run_id, "-v"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # the progress display: one line per finished trial
+            seen.append(line)
+            if "trial 3/6" in line or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no clean-up at all, like a lost machine
+        proc.wait(timeout=30)
+        kill_processes_under(str(tmp))
+    assert any("trial 3/6" in line for line in seen), "".join(seen[-40:])
+    exp = next((home.root / "cache" / "tune" / ".experiments").glob("*/experiment"))
+    snapshot = {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
+    finished = {tid for tid, st in snapshot.items() if st == "TERMINATED"}
+    assert 1 <= len(finished) < 6, snapshot
+    calls_before = sum(len(a) for a in _attempts(exp.parent / "attempts").values())
+
+    t_resume = time.time()
+    res = subprocess.run([mr, "tune", "--resume", "--config", str(cfg_path), "--run-id", run_id], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    record = json.loads((home.run_dir(run_id) / "run.json").read_text())
+    out = record["stages"]["tune"]["outputs"]
+    assert out["resumed"] is True and out["trials"] == 6 and out["trials_failed"] == 0
+    by_trial = attempts = _attempts(Path(out["path"]) / "attempts")
+    for tid in finished:  # a trial finished before the kill ran exactly once
+        assert len(by_trial[tid]) == 1 and by_trial[tid][0]["started"] < t_resume, (tid, by_trial[tid])
+    calls_after = sum(1 for a in attempts.values() for x in a if x["started"] >= t_resume)
+    assert calls_after == 6 - len(finished), (calls_after, len(finished), calls_before)
+    assert not (home.root / "cache" / "tune" / ".experiments").joinpath(Path(out["path"]).name).exists()
+
+
+def test_resume_with_nothing_to_resume_fails_at_once_with_the_reason(tune_run):
+    env, cfg_path, run_id, home, tmp = tune_run
+    res = subprocess.run([str(VENV_BIN / "mlops-ray"), "tune", "--resume", "--config", str(cfg_path), "--run-id",
+                          run_id], env=env, capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "nothing to resume: no interrupted experiment for this config and data" in out
+    assert "retrying" not in out  # a ConfigError is not retried
