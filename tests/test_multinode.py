@@ -162,6 +162,20 @@ def test_the_pipeline_runs_through_ray_jobs_on_two_ray_nodes_and_a_spark_cluster
     assert model["version"] == record["stages"]["register"]["outputs"]["version"]
 
 
+def test_tune_trials_ran_on_both_nodes_with_the_experiment_on_the_shared_home(submitted_run, ray_cluster):
+    home, _, record, _ = submitted_run
+    _, nodes, _ = ray_cluster
+    tune_out = record["stages"]["tune"]["outputs"]
+    best = json.loads((Path(tune_out["path"]) / "best.json").read_text())
+    # each trial reports the Ray node it ran on; two concurrent 1-CPU trials on two 1-CPU nodes
+    assert {t["node_id"] for t in best["all_trials"]} == set(nodes), (best["all_trials"], nodes)
+    assert all(t["error"] is None for t in best["all_trials"])
+    # the experiment (Tune's storage_path) and the attempt log live on the shared home, not in a node's temp dir
+    assert Path(tune_out["path"]).is_relative_to(home)
+    assert len(list((Path(tune_out["path"]) / "tune").glob("*/result.json"))) == len(best["all_trials"])
+    assert len(list((Path(tune_out["path"]) / "attempts").glob("*.jsonl"))) == len(best["all_trials"])
+
+
 def test_a_single_stage_runs_with_plain_ray_job_submit(submitted_run, ray_cluster):
     home, cfg_path, record, _ = submitted_run
     url, _, _ = ray_cluster

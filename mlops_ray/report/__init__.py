@@ -163,6 +163,11 @@ best trial: {{ tune.family or "?" }} (validation {{ tune.metric or "roc_auc" }} 
 <td>{% if ev.intervals[m] %}{{ fmt(ev.intervals[m][0]) }} &ndash; {{ fmt(ev.intervals[m][1]) }}{% else %}&ndash;{% endif %}</td>
 <td>{{ fmt(ev.baselines.logistic_regression[m]) }}</td><td>{{ fmt(ev.baselines.majority_class[m]) }}</td></tr>{% endfor %}
 </table>{% for k, why in ev.undefined.items() %}<p class="flag">{{ why }}</p>{% endfor %}</section>
+{% if ev.families %}<section><h2>Model families: the best trial of each ({{ tune.trials }} trials, {{ tune.trials_stopped_early or 0 }} stopped early by ASHA, {{ tune.trials_failed }} failed)</h2>
+<table><tr><th>family</th><th>validation {{ tune.metric or "roc_auc" }}</th><th>test ROC AUC</th><th>test PR AUC</th></tr>
+{% for fam, m in ev.families.items() %}<tr><td>{{ fam }}{% if fam == tune.family %} <b>(chosen)</b>{% endif %}</td>
+<td>{{ fmt((tune.family_best or {}).get(fam, {}).get("score")) }}</td><td>{{ fmt(m.test_roc_auc) }}</td><td>{{ fmt(m.test_pr_auc) }}</td></tr>{% endfor %}
+</table></section>{% endif %}
 <section><h2>Figures</h2><div class="grid">
 {% for title, src in figures.items() %}<figure><img alt="{{ title }}" src="{{ src }}"><figcaption class="muted">{{ title }}</figcaption></figure>{% endfor %}
 </div></section>
