@@ -171,3 +171,17 @@ def test_a_keras_model_round_trips_through_its_file(tmp_path):
     again = load_model(tmp_path / "m")
     np.testing.assert_allclose(again.predict_proba(X), model.predict_proba(X), rtol=0, atol=1e-7)
     assert again.predict_proba(X).shape == (len(X), 2)
+
+
+def test_the_readme_tuning_example_is_a_valid_config():
+    import re
+
+    import yaml
+
+    from mlops_ray.config import config_from_mapping
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"## Tuning\n.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    cfg = config_from_mapping(yaml.safe_load(block)).tune
+    assert (cfg.search, cfg.early_stopping, cfg.refit) == ("optuna", "asha", "train")
+    assert set(cfg.search_space) == {"hist_gradient_boosting", "keras_mlp"}
