@@ -29,9 +29,9 @@ def register_worse(cfg, home, record, out_dir):
     pre = record["stages"]["preprocess"]["outputs"]
     X, y = load_split(pre["path"], "train")
     worse = LogisticRegression(max_iter=300).fit(X, np.random.default_rng(0).permutation(y))
-    save_model(worse, out_dir / "model.skops")
+    model_path = save_model(worse, out_dir)
     ev = run_evaluate(cfg.evaluate.model_copy(update={"n_bootstrap": 20}), worse, pre["path"], out_dir)
-    return register_from_run(cfg, home, record, model_path=str(out_dir / "model.skops"), evaluation=ev, run_id="worse")
+    return register_from_run(cfg, home, record, model_path=str(model_path), evaluation=ev, run_id="worse")
 
 
 @pytest.fixture(scope="module")
