@@ -67,6 +67,9 @@ def job_main(target: str, argv: list[str] | None = None) -> int:
     if target == "pipeline":
         parser.add_argument("--from-stage", default=None, help="resume the run from this stage")
         parser.add_argument("--to-stage", default=None, help="stop after this stage")
+    if target == "tune":
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the interrupted experiment of this config and data (an error if none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ENV_VAR not in os.environ:
@@ -82,7 +85,8 @@ def job_main(target: str, argv: list[str] | None = None) -> int:
             record = run_pipeline(
                 cfg, sessions=sessions, run_id=args.run_id,
                 from_stage=getattr(args, "from_stage", None), to_stage=getattr(args, "to_stage", None),
-                only=None if target == "pipeline" else (target,), config_path=args.config)
+                only=None if target == "pipeline" else (target,), config_path=args.config,
+                stage_options={"tune": {"resume": bool(getattr(args, "resume", False))}})
     except StageError as exc:
         print(str(exc), file=sys.stderr)
         return 1
