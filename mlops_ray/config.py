@@ -287,14 +287,315 @@ class IngestConfig(_Model):
         return tuple(sorted({s.driver_jar for s in self.tables.values() if isinstance(s, JdbcSourceConfig)}))
 
 
+#: Spark types a ``type`` expectation can ask for (Spark SQL names; ``float`` is 32-bit, ``double`` 64-bit).
+ColumnType = Literal["boolean", "int", "bigint", "float", "double", "string", "date", "timestamp"]
+
+#: Name of an expectation as it appears in ``reason`` and in the counts: letters, digits and ``_:.,-``.
+ExpectationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.,-]+$", max_length=200)]
+
+
+def _iso_text(value: Any) -> Any:
+    """YAML turns unquoted dates/timestamps into date/datetime objects; keep them as ISO-8601 text."""
+    import datetime as dt
+
+    return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
+
+
+def _parse_iso(text: str, field: str) -> Any:
+    """An ISO-8601 date or timestamp as a datetime (naive when the text has no offset)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{field} must be an ISO-8601 date or timestamp such as '2013-01-01' or "
+                         f"'2013-01-01T05:00:00-05:00'; got {text!r}.") from None
+
+
+def _utc(value: Any) -> Any:
+    """A datetime without an offset taken as UTC (numbers pass through), so bounds compare."""
+    import datetime as dt
+
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+class _Expectation(_Model):
+    name: ExpectationName | None = Field(
+        None, description="Name used in the quarantine's `reason` column, in the counts and in error messages; "
+                          "None: '<expect>:<column>' (e.g. 'in_range:distance').")
+
+    @property
+    def key(self) -> str:
+        """The expectation's name: ``name`` or ``<expect>:<column(s)>``."""
+        if self.name:
+            return self.name
+        target = getattr(self, "column", None) or ",".join(getattr(self, "columns", ()))
+        return f"{self.expect}:{target}" if target else str(self.expect)  # type: ignore[attr-defined]
+
+
+class _RowExpectation(_Expectation):
+    column: str = Field(min_length=1, description="Column the expectation checks.")
+    max_share: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        None, description="Fail validate when more than this share of the input rows fails this expectation (each "
+                          "row counted for every expectation it fails; malformed lines are not checked). None: only "
+                          "validate.max_quarantine_share applies.")
+
+
+class TypeExpectation(_RowExpectation):
+    """The column holds values of ``type``; others are cast, and a value that does not convert is quarantined."""
+
+    expect: Literal["type"] = Field(description="Expectation kind: column type.")
+    type: ColumnType = Field(
+        description="Spark type of the column in the validated data. A column of another type is cast (Spark's "
+                    "try_cast); a row whose non-null value does not convert (e.g. 'N/A' to double, 1.5 to int) is "
+                    "quarantined. 'float' is checked as double and written as float.")
+    timezone: str = Field(
+        "UTC", description="type 'timestamp' only: zone of values that carry none (naive strings, dates, "
+                           "timestamp_ntz), an IANA name. Values with an offset or zone keep it. Every timestamp is "
+                           "normalised to a UTC instant.")
+
+    @model_validator(mode="after")
+    def _zone(self) -> "TypeExpectation":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.timezone != "UTC" and self.type != "timestamp":
+            raise ValueError(f"timezone applies to type 'timestamp' only; got type {self.type!r}. Remove timezone.")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone must be an IANA time zone such as 'UTC' or 'America/New_York'; "
+                             f"got {self.timezone!r}.") from None
+        return self
+
+
+class NotNullExpectation(_RowExpectation):
+    """The column has a value in every row; a null row is quarantined."""
+
+    expect: Literal["not_null"] = Field(description="Expectation kind: no nulls.")
+
+
+class RangeExpectation(_RowExpectation):
+    """Values lie within [min, max] (both inclusive); nulls pass (that is not_null's business)."""
+
+    expect: Literal["in_range"] = Field(description="Expectation kind: inclusive range.")
+    min: float | int | str | None = Field(
+        None, description="Smallest allowed value (inclusive): a number for a numeric column, an ISO-8601 date or "
+                          "timestamp for a date/timestamp column (a timestamp without an offset is UTC).")
+    max: float | int | str | None = Field(None, description="Largest allowed value (inclusive), like min.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dates_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: _iso_text(v) if k in ("min", "max") else v for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RangeExpectation":
+        if self.min is None and self.max is None:
+            raise ValueError(f"in_range on {self.column!r} needs min, max or both; got neither.")
+        bounds = {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+        kinds = {k: "text" if isinstance(v, str) else "number" for k, v in bounds.items()}
+        if len(set(kinds.values())) > 1:
+            raise ValueError(f"in_range on {self.column!r}: min ({self.min!r}) and max ({self.max!r}) must both be "
+                             f"numbers or both be ISO-8601 dates/timestamps.")
+        parsed = {k: _parse_iso(v, k) if isinstance(v, str) else v for k, v in bounds.items()}
+        if len(parsed) == 2:
+            lo, hi = (_utc(parsed["min"]), _utc(parsed["max"]))
+            if lo > hi:
+                raise ValueError(f"in_range on {self.column!r}: min ({self.min!r}) must be <= max ({self.max!r}).")
+        return self
+
+
+class SetExpectation(_RowExpectation):
+    """Values are members of ``values``; nulls pass."""
+
+    expect: Literal["in_set"] = Field(description="Expectation kind: allowed values.")
+    values: tuple[bool | int | float | str, ...] = Field(
+        min_length=1, description="Allowed values: all strings, all numbers or all booleans (quote strings such "
+                                  "as 'yes' or 'NA', which YAML would otherwise read as a boolean or keep as text).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SetExpectation":
+        kinds = {"boolean" if isinstance(v, bool) else "text" if isinstance(v, str) else "number" for v in self.values}
+        if len(kinds) > 1:
+            raise ValueError(f"in_set on {self.column!r}: values must be all strings, all numbers or all booleans; "
+                             f"got a mix of {sorted(kinds)} in {list(self.values)!r}.")
+        return self
+
+
+class RegexExpectation(_RowExpectation):
+    """The value (as text) contains a match of ``pattern``; nulls pass."""
+
+    expect: Literal["regex"] = Field(description="Expectation kind: regular expression.")
+    pattern: str = Field(
+        min_length=1, description="Java regular expression (Spark's rlike) searched in the value; anchor it "
+                                  "('^N[0-9A-Z]{1,5}$') to match the whole value. Non-string columns are matched "
+                                  "as text.")
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "RegexExpectation":
+        import re
+
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"regex on {self.column!r}: pattern {self.pattern!r} does not compile ({exc}).") from None
+        return self
+
+
+class FiniteExpectation(_RowExpectation):
+    """A float/double column holds finite values within float32's range.
+
+    Every float/double column gets this check implicitly (not clipping); declare it to clip, to
+    name it or to give it a threshold.
+    """
+
+    expect: Literal["finite"] = Field(description="Expectation kind: finite, float32-representable numbers.")
+    clip: bool = Field(
+        False, description="Values beyond float32's range (|x| > 3.4028235e38; models train in float32) are clipped "
+                           "to +-3.4028235e38 and counted in the stage output's `clipped`, instead of quarantined. "
+                           "NaN and +-infinity are quarantined either way.")
+
+
+class UniqueExpectation(_Expectation):
+    """No two rows share a value of ``columns`` (a column or a column set).
+
+    Checked among the rows every other row-level check kept; every row of a duplicated key is
+    quarantined (keeping one of them would depend on row order). Rows with a null in the key pass.
+    """
+
+    expect: Literal["unique"] = Field(description="Expectation kind: uniqueness of a column or column set.")
+    columns: tuple[str, ...] = Field(
+        min_length=1, description="The key: one column or several, e.g. [carrier, flight].")
+    max_share: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        None, description="Fail validate when more than this share of the input rows is quarantined as duplicates; "
+                          "None: only validate.max_quarantine_share applies.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "UniqueExpectation":
+        dup = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if dup:
+            raise ValueError(f"unique: columns {list(self.columns)} name {dup} more than once.")
+        return self
+
+
+class RowCountExpectation(_Expectation):
+    """Dataset level: the number of rows lies within [min_rows, max_rows] (inclusive)."""
+
+    expect: Literal["row_count"] = Field(description="Expectation kind: row-count bounds.")
+    min_rows: Annotated[int, Field(ge=0)] | None = Field(None, description="Fewest rows allowed (inclusive).")
+    max_rows: Annotated[int, Field(ge=0)] | None = Field(None, description="Most rows allowed (inclusive).")
+    rows: Literal["input", "kept"] = Field(
+        "input", description="Which rows are counted: 'input' (what ingest delivered) or 'kept' (after quarantine).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RowCountExpectation":
+        if self.min_rows is None and self.max_rows is None:
+            raise ValueError("row_count needs min_rows, max_rows or both; got neither.")
+        if self.min_rows is not None and self.max_rows is not None and self.min_rows > self.max_rows:
+            raise ValueError(f"row_count: min_rows ({self.min_rows}) must be <= max_rows ({self.max_rows}).")
+        return self
+
+
+class FreshnessExpectation(_Expectation):
+    """Dataset level: the newest kept value of a timestamp/date column is at most max_age_hours old.
+
+    Age is measured from ``validate.reference_time`` (default: the moment validate runs, UTC).
+    """
+
+    expect: Literal["freshness"] = Field(description="Expectation kind: freshness of a timestamp column.")
+    column: str = Field(min_length=1, description="A timestamp or date column (declare a `type` expectation to "
+                                                  "parse a text column).")
+    max_age_hours: Annotated[float, Field(gt=0)] = Field(
+        description="Largest allowed age of the newest value, hours before the reference time.")
+
+
+#: One expectation, chosen by its ``expect`` key.
+Expectation = Annotated[
+    TypeExpectation | NotNullExpectation | RangeExpectation | SetExpectation | RegexExpectation | FiniteExpectation
+    | UniqueExpectation | RowCountExpectation | FreshnessExpectation, Field(discriminator="expect")]
+
+#: Reasons the flights rule set gives (validate.rule_set 'flights'), besides missing_<column>.
+FLIGHTS_REASONS = ("month_out_of_range", "day_out_of_range", "sched_dep_time_not_hhmm", "sched_arr_time_not_hhmm",
+                   "distance_not_positive", "no_outcome")
+
+
 class ValidateConfig(_Model):
+    """Row-level checks quarantine rows (with a reason); dataset-level checks fail the stage."""
+
+    rule_set: Literal["flights", "none"] = Field(
+        "flights", description="Built-in rules checked before `expectations`: 'flights' (month 1-12, a real day of "
+                               "the month, hhmm clock times, distance > 0, and no_outcome for flights without "
+                               "arr_delay, which have no label) or 'none'.")
     required_columns: tuple[str, ...] = Field(
         ("year", "month", "day", "sched_dep_time", "carrier", "origin", "dest", "distance"),
-        description="Columns that must be non-null; a row missing one is quarantined with reason missing_<column>.",
+        description="Columns that must be non-null; a row missing one is quarantined with reason missing_<column>. "
+                    "Default: the flights columns with rule_set 'flights', none with rule_set 'none'.",
     )
+    expectations: tuple[Expectation, ...] = Field(
+        (), description="Declared expectations, each chosen by its `expect` key: row level type, not_null, in_range, "
+                        "in_set, regex, finite, unique (failing rows quarantined); dataset level row_count, "
+                        "freshness (failing fails the stage).")
     max_quarantine_share: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.10, description="Fail validate when more than this share of rows is quarantined (cancelled/diverted excluded)."
+        0.10, description="Fail validate when more than this share of the input rows is quarantined (no_outcome "
+                          "rows excluded: cancelled/diverted flights have no label, they are not bad data)."
     )
+    reference_time: str | None = Field(
+        None, description="Instant freshness expectations measure age from: ISO-8601 with an offset, e.g. "
+                          "'2014-01-01T00:00:00Z'. None: the moment validate runs (UTC); set it for reproducible runs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rule_set_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("rule_set") == "none" and "required_columns" not in data:
+                data = {**data, "required_columns": ()}
+            if "reference_time" in data:
+                data = {**data, "reference_time": _iso_text(data["reference_time"])}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ValidateConfig":
+        if self.reference_time is not None and self.reference() is None:
+            raise ValueError(f"validate.reference_time must carry an offset ('Z' or '+hh:mm'), so it names one "
+                             f"instant; got {self.reference_time!r}.")
+        reserved = {"malformed_line", *(f"missing_{c}" for c in self.required_columns)}
+        if self.rule_set == "flights":
+            reserved |= set(FLIGHTS_REASONS)
+        seen: set[str] = set()
+        for e in self.expectations:
+            if e.key in seen or e.key in reserved:
+                raise ValueError(f"validate.expectations: the name {e.key!r} is used twice (or is a built-in reason); "
+                                 f"give one of them another `name`.")
+            seen.add(e.key)
+        for kind in ("type", "finite"):
+            cols = [e.column for e in self.expectations if e.expect == kind]
+            dup = sorted({c for c in cols if cols.count(c) > 1})
+            if dup:
+                raise ValueError(f"validate.expectations: column(s) {dup} have more than one {kind!r} expectation; "
+                                 f"keep one.")
+        if sum(e.expect == "row_count" for e in self.expectations) > 1:
+            raise ValueError("validate.expectations: more than one row_count expectation; merge them into one.")
+        declared = {e.column: e.type for e in self.expectations if isinstance(e, TypeExpectation)}
+        for e in self.expectations:
+            t = declared.get(getattr(e, "column", ""))
+            if isinstance(e, FiniteExpectation) and t is not None and t not in ("float", "double"):
+                raise ValueError(f"validate.expectations: finite on {e.column!r} needs a float or double column; its "
+                                 f"type expectation says {t!r}.")
+            if isinstance(e, FreshnessExpectation) and t is not None and t not in ("date", "timestamp"):
+                raise ValueError(f"validate.expectations: freshness on {e.column!r} needs a date or timestamp column; "
+                                 f"its type expectation says {t!r}.")
+        return self
+
+    def reference(self) -> Any:
+        """``reference_time`` as an aware datetime (None when unset or without an offset)."""
+        if self.reference_time is None:
+            return None
+        moment = _parse_iso(self.reference_time, "validate.reference_time")
+        return moment if moment.tzinfo is not None else None
 
 
 class SplitConfig(_Model):
@@ -625,6 +926,27 @@ class AutomateConfig(_Model):
         return self.stage_retry.get(stage, self.retry)  # type: ignore[call-overload]
 
 
+class MonitorConfig(_Model):
+    """Drift and model-health monitoring: thresholds shared by the detectors, the exported gauges and the alert rules."""
+
+    window_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="Length of the online window, seconds: drift and rolling metrics cover the last window_s.")
+    psi_bins: Annotated[int, Field(ge=2, le=100)] = Field(
+        10, description="PSI bins, cut at the training reference's quantiles.")
+    psi_threshold: Annotated[float, Field(gt=0)] = Field(
+        0.2, description="A feature drifts when its PSI exceeds this (0.1-0.25 moderate, > 0.25 major; Siddiqi 2006).")
+    null_share_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05, description="A feature drifts when its null share moves by more than this from the reference.")
+    min_roc_auc: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.6, description="Alert when the rolling ROC AUC from feedback labels falls below this.")
+    max_error_rate: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.01, description="Alert when the share of 5xx answers over 5 minutes exceeds this.")
+    max_latency_p99_ms: Annotated[float, Field(gt=0)] = Field(
+        500.0, description="Alert when the p99 HTTP latency over 5 minutes exceeds this, milliseconds.")
+    alert_for_s: Annotated[int, Field(ge=0)] = Field(
+        60, description="How long a condition must hold before its alert fires (Prometheus 'for'), seconds.")
+
+
 class Config(_Model):
     """The whole pipeline: engines and one slice per stage."""
 
@@ -639,6 +961,7 @@ class Config(_Model):
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     deploy: DeployConfig = DeployConfig()
     automate: AutomateConfig = AutomateConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
