@@ -1,38 +1,65 @@
-"""Validate: schema checks and row accounting, with bad rows quarantined (never dropped).
+"""Validate: declared expectations, bad rows quarantined (never dropped), exact row accounting.
 
-Every rule is a Spark expression, so a row gets the reason of the first rule it breaks.
-Output: ``valid/`` and ``quarantine/`` (same columns plus ``reason``) as Parquet, and
-counts per reason such that ``rows_in == rows_valid + sum(quarantined.values())``.
+Row level (:mod:`.expectations`): every check is a Spark expression, and a row that fails one
+goes to ``quarantine/`` with ``reason`` (the check's name), ``reason_column`` and
+``reason_value`` (the offending value as text; the raw line for ``malformed_line``). Kept rows
+go to ``valid/``, cast to their ``type`` expectations and clipped where a ``finite``
+expectation says so. ``rows_in == rows_valid + sum(quarantined.values())`` is checked against
+the Parquet actually written.
 
-Flights without ``arr_delay`` were cancelled or diverted: their label is undefined, so
-they are quarantined with reason ``no_outcome`` and counted apart from data-quality failures.
+Dataset level (:func:`dataset_failures`): ``max_quarantine_share`` overall, ``max_share`` per
+expectation, ``row_count`` and ``freshness`` fail the stage with a message naming the
+expectation, what was observed and the threshold. They are checked after the cache, so a
+freshness check measured from "now" is measured on every run.
+
+Flights without ``arr_delay`` were cancelled or diverted: their label is undefined, so they are
+quarantined with reason ``no_outcome`` and counted apart from data-quality failures.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlops_ray.cache import cache_key, cached, code_version
-from mlops_ray.config import ValidateConfig
+from mlops_ray.config import FreshnessExpectation, RowCountExpectation, ValidateConfig
 from mlops_ray.errors import DataError
 from mlops_ray.home import Home
+from mlops_ray.validate.expectations import (FLOAT32_MAX, MALFORMED, QuarantinePlan, kept_rows, quarantine_plan,
+                                             quarantined_rows, row_statistics, tagged)
+from mlops_ray.validate.flights import NO_OUTCOME
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import SparkSession
+
+__all__ = ["FLOAT32_MAX", "MALFORMED", "NO_OUTCOME", "ValidateResult", "dataset_failures", "run_validate"]
 
 logger = logging.getLogger(__name__)
 
-NO_OUTCOME = "no_outcome"
+#: The table validate checks (the flights job's main table).
+TABLE = "flights"
 
 
 @dataclass(frozen=True)
 class ValidateResult:
-    """Validated rows, quarantine and the row accounting."""
+    """Validated rows, quarantine and the row accounting.
+
+    Attributes:
+        rows_in: rows ingest delivered; always ``rows_valid + rows_quarantined``.
+        quarantined: rows per reason, each row under the first check it failed.
+        quarantine_share: quarantined rows (``no_outcome`` excluded) / rows_in, the figure compared with
+            ``max_quarantine_share``.
+        failures: rows failing each row-level check, a row counted for every check it fails (malformed
+            lines are not checked), the figure compared with each ``max_share``.
+        clipped: kept values clipped to float32's range, per finite check with ``clip: true``.
+        all_null_columns: input columns without a single value.
+        freshness: per freshness expectation, the newest kept value, the reference and the age in hours.
+    """
 
     path: str
     key: str
@@ -40,81 +67,136 @@ class ValidateResult:
     rows_valid: int
     quarantined: dict[str, int]
     cache_hit: bool
+    rows_quarantined: int = 0
+    quarantine_share: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    clipped: dict[str, int] = field(default_factory=dict)
+    all_null_columns: list[str] = field(default_factory=list)
+    freshness: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _hhmm_ok(c: "Column") -> "Column":
+def _written_counts(spark: "SparkSession", out: Path) -> tuple[int, dict[str, int]]:
+    """Rows in ``valid/`` and rows per reason in ``quarantine/``, read back from the Parquet written (one job)."""
     from pyspark.sql import functions as F
 
-    return (c >= 0) & (c <= 2359) & ((c % 100) < 60) & (F.floor(c / 100) < 24)
+    valid = spark.read.parquet(str(out / "valid")).select(F.lit(None).cast("string").alias("reason"))
+    both = valid.unionByName(spark.read.parquet(str(out / "quarantine")).select("reason"))
+    counts = {r["reason"]: int(r["count"]) for r in both.groupBy("reason").count().collect()}
+    return counts.pop(None, 0), counts
 
 
-def flight_rules(required: tuple[str, ...]) -> list[tuple[str, "Column"]]:
-    """(reason, condition that marks a row bad), in the order they are checked."""
-    from pyspark.sql import functions as F
+def _build(cfg: ValidateConfig, spark: "SparkSession", source: Path, out: Path) -> None:
+    """Check the table at ``source``; write ``valid/``, ``quarantine/`` and ``stats.json`` under ``out``."""
+    table = spark.read.parquet(str(source))
+    plan: QuarantinePlan = quarantine_plan(cfg, table.schema)
+    rows = tagged(table, plan).cache()
+    try:
+        stats = row_statistics(rows, plan)
+        if stats["rows_in"] == 0:
+            raise DataError(f"validate: table '{TABLE}' from {source} has no rows; expected at least one. Check the "
+                            f"ingest source of '{TABLE}' (an empty file, query or API answer).")
+        kept_rows(rows, plan).write.parquet(str(out / "valid"))
+        quarantined_rows(rows, plan).write.parquet(str(out / "quarantine"))
+    finally:
+        rows.unpersist()
+    kept, per_reason = _written_counts(spark, out)
+    expected = {k: v for k, v in stats["first_reasons"].items() if v}
+    if kept + sum(per_reason.values()) != stats["rows_in"] or per_reason != expected:
+        raise DataError(f"validate: row accounting does not add up: {stats['rows_in']} rows in, {kept} written as "
+                        f"valid, {per_reason} written to quarantine (counted while checking: {expected}). The input "
+                        f"changed while it was read; run validate again.")
+    stats.update(rows_valid=kept, quarantined=per_reason)
+    (out / "stats.json").write_text(json.dumps(stats, sort_keys=True, indent=1))
 
-    rules: list[tuple[str, Column]] = [("malformed_line", F.col("_corrupt_record").isNotNull())]
-    rules += [(f"missing_{c}", F.col(c).isNull()) for c in required]
-    rules += [
-        ("month_out_of_range", ~F.col("month").between(1, 12)),
-        ("day_out_of_range", ~F.col("day").between(1, 31)
-         | (F.col("day") > F.dayofmonth(F.last_day(F.make_date("year", "month", F.lit(1)))))),
-        ("sched_dep_time_not_hhmm", ~_hhmm_ok(F.col("sched_dep_time"))),
-        ("sched_arr_time_not_hhmm", F.col("sched_arr_time").isNotNull() & ~_hhmm_ok(F.col("sched_arr_time"))),
-        ("distance_not_positive", F.col("distance") <= 0),
-        (NO_OUTCOME, F.col("arr_delay").isNull()),
-    ]
-    return rules
+
+def _share(n: int, total: int) -> float:
+    return n / total if total else 0.0
 
 
-def with_reason(flights: "DataFrame", required: tuple[str, ...]) -> "DataFrame":
-    """Flights plus a ``reason`` column: the first broken rule's name, null for a valid row."""
-    from pyspark.sql import functions as F
+def dataset_failures(cfg: ValidateConfig, stats: dict[str, Any], now: dt.datetime) -> tuple[list[str], dict]:
+    """The dataset-level checks on a table's statistics (see :func:`.expectations.row_statistics`).
 
-    expr = F.lit(None).cast("string")
-    for reason, bad in reversed(flight_rules(required)):
-        expr = F.when(bad, F.lit(reason)).otherwise(expr)
-    return flights.withColumn("reason", expr)
+    Args:
+        now: the reference instant of freshness checks when ``cfg.reference_time`` is unset (aware).
+
+    Returns:
+        (one message per failed check, naming the expectation, what was observed and the threshold;
+        freshness figures per freshness expectation).
+    """
+    rows_in, kept = stats["rows_in"], stats["rows_valid"]
+    problems = []
+    for e in cfg.expectations:
+        if isinstance(e, RowCountExpectation):
+            n = rows_in if e.rows == "input" else kept
+            if (e.min_rows is not None and n < e.min_rows) or (e.max_rows is not None and n > e.max_rows):
+                problems.append(f"expectation '{e.key}': {n} {e.rows} rows; expected between "
+                                f"{e.min_rows if e.min_rows is not None else 0} and "
+                                f"{e.max_rows if e.max_rows is not None else 'any number of'} (inclusive)")
+        share_limit = getattr(e, "max_share", None)
+        if share_limit is not None:
+            n = stats["failures"].get(e.key, 0)
+            if _share(n, rows_in) > share_limit:
+                problems.append(f"expectation '{e.key}' failed on {n} of {rows_in} rows ({_share(n, rows_in):.2%}); "
+                                f"expected at most max_share={share_limit:.2%}")
+    quality = sum(v for k, v in stats["quarantined"].items() if k != NO_OUTCOME)
+    if _share(quality, rows_in) > cfg.max_quarantine_share:
+        worst = sorted(((v, k) for k, v in stats["quarantined"].items() if k != NO_OUTCOME), reverse=True)
+        problems.append(f"{quality} of {rows_in} rows ({_share(quality, rows_in):.2%}) were quarantined (by reason: "
+                        f"{', '.join(f'{k} {v}' for v, k in worst)}); expected at most "
+                        f"validate.max_quarantine_share={cfg.max_quarantine_share:.2%}")
+    reference = cfg.reference() or now
+    freshness = {}
+    for e in cfg.expectations:
+        if not isinstance(e, FreshnessExpectation):
+            continue
+        newest = stats["newest"].get(e.key)
+        if newest is None:
+            problems.append(f"expectation '{e.key}': column '{e.column}' has no kept value to measure freshness by; "
+                            f"expected one at most {e.max_age_hours:g} h before {reference.isoformat()}")
+            freshness[e.key] = {"newest": None, "reference": reference.isoformat(), "age_hours": None}
+            continue
+        age_h = (reference - dt.datetime.fromisoformat(newest)).total_seconds() / 3600
+        freshness[e.key] = {"newest": newest, "reference": reference.isoformat(), "age_hours": round(age_h, 3)}
+        if age_h > e.max_age_hours:
+            problems.append(f"expectation '{e.key}': the newest {e.column} is {newest}, {age_h:.1f} h before the "
+                            f"reference {reference.isoformat()}; expected at most max_age_hours={e.max_age_hours:g}")
+    if kept == 0 and rows_in:
+        problems.append(f"no valid rows out of {rows_in}")
+    return problems, freshness
 
 
 def run_validate(cfg: ValidateConfig, spark: "Callable[[], SparkSession]", ingest_path: str, ingest_key: str,
-                 home: Home) -> ValidateResult:
-    """Split ingested flights into valid rows and a quarantine with reasons.
+                 home: Home, now: dt.datetime | None = None) -> ValidateResult:
+    """Split the ingested flights into valid rows and a quarantine with reasons; apply the dataset-level checks.
 
-    ``spark`` returns the SparkSession; it is called only when the output is not cached yet.
+    Args:
+        spark: returns the SparkSession; called only when the output is not cached yet.
+        now: reference instant of freshness checks without ``validate.reference_time`` (default: now, UTC).
+
+    Returns:
+        ValidateResult; ``valid/``, ``quarantine/`` and ``stats.json`` are under its ``path``.
 
     Raises:
-        DataError: a required column is absent, or the quality-failure share exceeds
-            ``max_quarantine_share``, or no valid row remains.
+        DataError: a column a check needs is absent or of the wrong type; the table has no rows; or a
+            dataset-level check failed (quarantined share overall or per expectation, row count, freshness,
+            no valid row left); the message names each failed check, the observed value and the threshold.
     """
-    from pyspark.sql import functions as F
-
     key = cache_key("validate", ingest_key, cfg.fingerprint(), code_version("validate"))
-
-    def build(out: Path) -> None:
-        flights = spark().read.parquet(str(Path(ingest_path) / "flights"))
-        missing = [c for c in cfg.required_columns if c not in flights.columns]
-        if missing:
-            raise DataError(f"validate: required column(s) {missing} are absent from flights; "
-                            f"got columns {flights.columns}. Fix ingest or validate.required_columns.")
-        tagged = with_reason(flights, cfg.required_columns).cache()
-        tagged.filter(F.col("reason").isNull()).drop("reason", "_corrupt_record").write.parquet(str(out / "valid"))
-        tagged.filter(F.col("reason").isNotNull()).write.parquet(str(out / "quarantine"))
-        counts = {r["reason"] or "valid": r["count"] for r in tagged.groupBy("reason").count().collect()}
-        tagged.unpersist()
-        (out / "counts.json").write_text(json.dumps(counts, sort_keys=True))
-
-    entry = cached(home, "validate", key, build)
-    counts = json.loads((entry.path / "counts.json").read_text())
-    rows_valid = int(counts.pop("valid", 0))
-    rows_in = rows_valid + sum(counts.values())
-    quality = sum(v for k, v in counts.items() if k != NO_OUTCOME)
-    share = quality / rows_in if rows_in else 0.0
-    if share > cfg.max_quarantine_share:
-        raise DataError(f"validate: {quality} of {rows_in} rows ({share:.1%}) failed quality rules {counts}; "
-                        f"expected at most validate.max_quarantine_share={cfg.max_quarantine_share:.1%}. "
-                        f"Inspect {entry.path / 'quarantine'} (column 'reason').")
-    if rows_valid == 0:
-        raise DataError(f"validate: no valid rows out of {rows_in}; reasons {counts}.")
-    logger.info("validate: %d in, %d valid, quarantined %s", rows_in, rows_valid, counts)
-    return ValidateResult(path=str(entry.path), key=key, rows_in=rows_in, rows_valid=rows_valid,
-                          quarantined=dict(sorted(counts.items())), cache_hit=entry.hit)
+    source = Path(ingest_path) / TABLE
+    entry = cached(home, "validate", key, lambda out: _build(cfg, spark(), source, out))
+    stats = json.loads((entry.path / "stats.json").read_text())
+    all_null = [c for c, n in stats["non_null"].items() if n == 0 and c != "_corrupt_record"]
+    if all_null:
+        logger.warning("validate: column(s) %s hold no value in any of the %d rows", all_null, stats["rows_in"])
+    problems, freshness = dataset_failures(cfg, stats, now or dt.datetime.now(dt.timezone.utc))
+    if problems:
+        empty = f" All-null column(s): {all_null}." if all_null else ""
+        raise DataError(f"validate failed {len(problems)} check(s): " + "; ".join(problems) + f".{empty} Inspect "
+                        f"{entry.path / 'quarantine'} (columns reason, reason_column, reason_value).")
+    quarantined = dict(sorted(stats["quarantined"].items()))
+    quality = sum(v for k, v in quarantined.items() if k != NO_OUTCOME)
+    logger.info("validate: %d in, %d valid, quarantined %s", stats["rows_in"], stats["rows_valid"], quarantined)
+    return ValidateResult(path=str(entry.path), key=key, rows_in=stats["rows_in"], rows_valid=stats["rows_valid"],
+                          quarantined=quarantined, cache_hit=entry.hit, rows_quarantined=sum(quarantined.values()),
+                          quarantine_share=round(_share(quality, stats["rows_in"]), 6), failures=stats["failures"],
+                          clipped=stats["clipped"], all_null_columns=all_null, freshness=freshness)
