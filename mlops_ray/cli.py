@@ -567,6 +567,46 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
+@app.command()
+def retrain(config: Optional[Path] = ConfigOpt,
+            address: Optional[str] = typer.Option(None, "--address", help="Ray Jobs address (default: RAY_ADDRESS)."),
+            force: bool = typer.Option(False, "--force", help="Submit even inside the cooldown."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Submit the pipeline as a Ray job now (at most once per monitor.retrain_cooldown_s unless --force)."""
+    from mlops_ray.home import Home
+    from mlops_ray.monitor.retrain import RetrainTrigger
+
+    _setup_logging(False)
+    cfg = _load(config)
+    try:
+        decision = RetrainTrigger(cfg, Home.resolve().ensure(), address).trigger("mlops-ray retrain", force=force)
+    except (ConfigError, EnvironmentSetupError) as e:
+        _fail(str(e), 2)
+    if as_json:
+        console.print_json(json.dumps(decision.to_dict()))
+    elif decision.submitted:
+        console.print(f"submitted {decision.submission_id}: follow it with `mlops-ray submit logs "
+                      f"{decision.submission_id}`")
+    else:
+        console.print(f"not submitted: {decision.reason}; retry in {decision.retry_after_s:.0f} s or pass --force")
+
+
+@app.command("retrain-webhook")
+def retrain_webhook(config: Optional[Path] = ConfigOpt,
+                    address: Optional[str] = typer.Option(None, "--address", help="Ray Jobs address."),
+                    host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(9095, "--port")) -> None:
+    """Serve POST /alerts for Alertmanager's webhook: firing drift/accuracy alerts submit the pipeline."""
+    import uvicorn
+
+    from mlops_ray.home import Home
+    from mlops_ray.monitor.retrain import RetrainTrigger, webhook_app
+
+    _setup_logging(False)
+    cfg = _load(config)
+    uvicorn.run(webhook_app(RetrainTrigger(cfg, Home.resolve().ensure(), address)), host=host, port=port,
+                log_level="warning")
+
+
 @app.command("airflow-dag")
 def airflow_dag(out: Path = typer.Option(..., "--out", help="DAG file to write (put it in Airflow's dags folder)."),
                 address: str = typer.Option("http://127.0.0.1:8265", "--address", help="Ray dashboard URL (Jobs API)."),
