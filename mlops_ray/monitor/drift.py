@@ -173,6 +173,38 @@ class NumericDriftDetector(_Checks):
         return rep
 
 
+    def score_counts(self, counts, nulls: int) -> dict[str, Any]:
+        """Report from a batch already binned with this detector's edges (e.g. counted on Spark): PSI and nulls, no KS.
+
+        Args:
+            counts: batch rows per bin (k + 1,), the :func:`bin_counts` convention. nulls: batch nulls.
+        """
+        self._check_fitted()
+        c = np.asarray(counts, dtype=float)
+        if c.size != self.reference_counts_.size:
+            raise ValueError(f"expected {self.reference_counts_.size} bin counts; got {c.size}.")
+        rows, non_null = int(c.sum() + nulls), int(c.sum())
+        rep: dict[str, Any] = {"kind": "numeric", "rows": rows, "non_null": non_null, "psi": None, "ks_statistic": None,
+                               "ks_pvalue": None, "reference_null_rate": self.reference_null_rate_, "null_rate": None,
+                               "null_rate_change": None, "reasons": []}
+        if rows == 0:
+            return {**rep, "status": "insufficient_data", "reasons": ["empty window"]}
+        rep["null_rate"] = nulls / rows
+        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
+        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
+            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
+                                  f"reference (change > {self.null_rate_threshold})")
+        if non_null < self.min_rows:
+            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
+            rep["reasons"].append(f"{non_null} non-null values (< min_rows {self.min_rows}): PSI not computed")
+            return rep
+        rep["psi"] = psi(self.reference_counts_, c)
+        if rep["psi"] > self.psi_threshold:
+            rep["reasons"].append(f"PSI {rep['psi']:.3f} > {self.psi_threshold}")
+        rep["status"] = "drift" if rep["reasons"] else "ok"
+        return rep
+
+
 class CategoricalDriftDetector(_Checks):
     """Chi-squared + Jensen–Shannon distance + unseen-category share + null-rate change for one feature.
 
@@ -214,9 +246,6 @@ class CategoricalDriftDetector(_Checks):
 
     def score(self, batch) -> dict[str, Any]:
         """Report for ``batch`` (array-like (n,)): null rate and change, unseen share, chi-squared, JS distance."""
-        from scipy.spatial.distance import jensenshannon
-        from scipy.stats import chisquare
-
         self._check_fitted()
         s = pd.Series(batch if batch is not None else [], dtype=object)
         ok = s.dropna().astype(str)
@@ -245,7 +274,17 @@ class CategoricalDriftDetector(_Checks):
             rep["reasons"].append(f"{ok.size} non-null values (< min_rows {self.min_rows}): tests not computed")
             return rep
         vc = ok.value_counts()
-        observed = np.array([float(vc.get(c, 0)) for c in self.categories_] + [float((~ok.isin(self.categories_)).sum())])
+        self._tests(rep, np.array([float(vc.get(c, 0)) for c in self.categories_]
+                                  + [float((~ok.isin(self.categories_)).sum())]))
+        rep["status"] = "drift" if rep["reasons"] else "ok"
+        return rep
+
+
+    def _tests(self, rep: dict[str, Any], observed: np.ndarray) -> None:
+        """Chi-squared and JS distance of ``observed`` (categories_ then one unseen bucket) into ``rep``."""
+        from scipy.spatial.distance import jensenshannon
+        from scipy.stats import chisquare
+
         ref = np.append(self.reference_counts_, 0.0)
         p = np.maximum(ref / ref.sum(), EPS)
         p = p / p.sum()
@@ -255,6 +294,36 @@ class CategoricalDriftDetector(_Checks):
         if rep["js_distance"] > self.js_threshold and chi.pvalue < self.chi2_alpha:
             rep["reasons"].append(f"Jensen-Shannon distance {rep['js_distance']:.3f} > {self.js_threshold} "
                                   f"(chi-squared p = {chi.pvalue:.2g})")
+
+    def score_counts(self, counts: dict[str, int], nulls: int) -> dict[str, Any]:
+        """Report from batch category counts (e.g. counted on Spark): keys outside the reference count as unseen."""
+        self._check_fitted()
+        known = {c: int(counts.get(c, 0)) for c in self.categories_}
+        unseen = {str(k): int(v) for k, v in counts.items() if str(k) not in known and v}
+        non_null = sum(known.values()) + sum(unseen.values())
+        rows = non_null + int(nulls)
+        rep: dict[str, Any] = {"kind": "categorical", "rows": rows, "non_null": non_null,
+                               "reference_null_rate": self.reference_null_rate_, "null_rate": None,
+                               "null_rate_change": None, "new_category_share": None, "new_categories": [],
+                               "chi2_statistic": None, "chi2_pvalue": None, "js_distance": None, "reasons": []}
+        if rows == 0:
+            return {**rep, "status": "insufficient_data", "reasons": ["empty window"]}
+        rep["null_rate"] = nulls / rows
+        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
+        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
+            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
+                                  f"reference (change > {self.null_rate_threshold})")
+        if non_null:
+            rep["new_category_share"] = sum(unseen.values()) / non_null
+            rep["new_categories"] = sorted(unseen)[:20]
+            if rep["new_category_share"] > self.new_category_threshold:
+                rep["reasons"].append(f"{rep['new_category_share']:.3f} of rows have categories the reference never "
+                                      f"saw (> {self.new_category_threshold})")
+        if non_null < self.min_rows:
+            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
+            rep["reasons"].append(f"{non_null} non-null values (< min_rows {self.min_rows}): tests not computed")
+            return rep
+        self._tests(rep, np.array([float(known[c]) for c in self.categories_] + [float(sum(unseen.values()))]))
         rep["status"] = "drift" if rep["reasons"] else "ok"
         return rep
 

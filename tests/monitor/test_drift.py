@@ -125,3 +125,20 @@ def test_dataset_detector_reports_each_feature_and_a_missing_column():
     assert rep["features"]["carrier"]["reasons"] == ["column 'carrier' is not in the batch"]
     with pytest.raises(ValueError, match=r"reference has no column\(s\) \['dewp'\]"):
         DatasetDriftDetector(numeric=("dewp",)).fit(ref)
+
+
+def test_reports_from_counts_equal_reports_from_values():
+    num = NumericDriftDetector().fit(REF)
+    batch = RNG.normal(loc=0.4, size=2000)
+    batch[:30] = np.nan
+    by_values = num.score(batch)
+    ok = batch[np.isfinite(batch)]
+    by_counts = num.score_counts(bin_counts(ok, num.edges_), nulls=30)
+    assert by_counts["psi"] == by_values["psi"] and by_counts["null_rate"] == pytest.approx(by_values["null_rate"])
+    assert by_counts["status"] == by_values["status"] == "drift"
+    cat = CategoricalDriftDetector().fit(CATS)
+    b = pd.Series(list(RNG.choice(["AA", "B6", "DL", "UA"], size=500)) + ["ZZ"] * 40 + [None] * 10)
+    v, c = cat.score(b), cat.score_counts(b.dropna().value_counts().to_dict(), nulls=10)
+    for k in ("js_distance", "chi2_statistic", "new_category_share", "null_rate", "status"):
+        assert v[k] == pytest.approx(c[k]) if isinstance(v[k], float) else v[k] == c[k], k
+    assert c["new_categories"] == ["ZZ"]
