@@ -568,6 +568,47 @@ def submit(target: str = typer.Argument(..., help="'pipeline', a stage name, or 
 
 
 @app.command()
+def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw records (file, folder or URI)."),
+            model: Optional[str] = typer.Option(None, "--model", help="Model URI (default models:/<name>@champion)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Folder for drift.json and drift.html "
+                                                                 "(default $MLOPS_RAY_HOME/monitor/<time>)."),
+            config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Batch drift report on Spark: the records against the model version's training reference."""
+    import tempfile
+    from datetime import datetime, timezone
+
+    from mlops_ray.home import Home
+    from mlops_ray.monitor.batch import drift_report, read_records, write_report
+    from mlops_ray.registry import download_version
+    from mlops_ray.sessions import Sessions
+
+    _setup_logging(False)
+    cfg = _load(config)
+    home = Home.resolve().ensure()
+    uri = model or f"models:/{cfg.register_.model_name}@champion"
+    try:
+        with tempfile.TemporaryDirectory() as tmp, Sessions(cfg.engines) as sessions:
+            _, local = download_version(cfg.register_, home, uri, tmp)
+            report = drift_report(sessions.spark, read_records(sessions.spark, data), local, cfg.monitor)
+            dest = out or home.root / "monitor" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            json_path, html_path = write_report(report, dest, data=data, model=uri)
+    except (ConfigError, RegistryError, MlopsRayError) as e:
+        _fail(str(e), 2)
+    if as_json:
+        console.print_json(json_path.read_text())
+        return
+    t = Table(title=f"Drift of {report['rows']:,} rows against {uri} ({report['reference_rows']:,} training rows)")
+    for c in ("feature", "status", "PSI", "JS distance", "null share", "why"):
+        t.add_column(c)
+    for name, f in report["features"].items():
+        t.add_row(name, f["status"], "-" if f.get("psi") is None else f"{f['psi']:.3f}",
+                  "-" if f.get("js_distance") is None else f"{f['js_distance']:.3f}",
+                  "-" if f.get("null_rate") is None else f"{f['null_rate']:.3f}", "; ".join(f.get("reasons") or []))
+    console.print(t)
+    console.print(f"report: {html_path}  (JSON: {json_path})")
+
+
+@app.command()
 def retrain(config: Optional[Path] = ConfigOpt,
             address: Optional[str] = typer.Option(None, "--address", help="Ray Jobs address (default: RAY_ADDRESS)."),
             force: bool = typer.Option(False, "--force", help="Submit even inside the cooldown."),

