@@ -78,3 +78,14 @@ def test_the_training_months_do_not_drift_and_the_cli_writes_json_and_html(pipel
         assert rep["features"][name]["psi"] < 0.05, (name, rep["features"][name])
     html = (tmp_path / "report" / "drift.html").read_text()
     assert "Drift report" in html and "temp" in html
+
+
+def test_a_missing_data_path_and_a_version_without_reference_are_clear_errors(tmp_path):
+    from mlops_ray.config import MonitorConfig
+    from mlops_ray.errors import DataError
+    from mlops_ray.monitor.batch import read_records
+
+    with pytest.raises(DataError, match=r"monitor --data .*nope.parquet: no such file or folder"):
+        read_records(None, str(tmp_path / "nope.parquet"))
+    with pytest.raises(DataError, match="has no reference_stats.json: register the model again"):
+        drift_report(None, None, tmp_path, MonitorConfig())
