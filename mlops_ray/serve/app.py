@@ -1,12 +1,14 @@
 """The Ray Serve application: a FastAPI ingress serving one registered model version.
 
-Routes (../shared/CONTRACTS.md): ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``,
-``GET /readyz``. Every error has the JSON body ``{"error": {"code", "message", "fields"}}``;
-a client mistake is never a 5xx. Custom metrics go through ``ray.serve.metrics`` (Ray adds
-the ``ray_`` prefix when exporting).
+Routes (../shared/CONTRACTS.md): ``POST /v1/predict``, ``POST /v1/feedback``, ``GET /v1/model``,
+``GET /healthz``, ``GET /readyz``. Every answered record is written to the shared prediction log
+(:mod:`mlops_ray.serve.prediction_log`) before the answer is sent. Every error has the JSON body
+``{"error": {"code", "message", "fields"}}``; a client mistake is never a 5xx. Custom metrics go
+through ``ray.serve.metrics`` (Ray adds the ``ray_`` prefix when exporting).
 """
 
-
+import asyncio
+import json
 import logging
 import tempfile
 import threading
@@ -20,26 +22,37 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlops_ray.preprocess.derive import INPUT_SCHEMA
-from mlops_ray.serve.schema import UNKNOWN_FIELD_LABEL, ApiError, input_schema_description, parse_json_body, validate_records
+from mlops_ray.serve.prediction_log import DuplicateRequestId, UnknownRequestId
+from mlops_ray.serve.schema import (MAX_REQUEST_ID_CHARS, UNKNOWN_FIELD_LABEL, ApiError, input_schema_description,
+                                    parse_json_body, validate_feedback, validate_records)
 
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="mlops_ray model server", version="1",
               description="Predicts whether a flight arrives more than 15 minutes late.")
 
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON rendered as ASCII: a lone surrogate echoed from a client's field name cannot break encoding."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                 415: "unsupported_media_type", 401: "unauthorized", 400: "bad_json", 503: "unavailable"}
+                 415: "unsupported_media_type", 401: "unauthorized", 400: "bad_json", 409: "conflict",
+                 503: "unavailable"}
 
 
 def _request_id(request: Request) -> str:
     """The request id: Serve's proxy puts the client's X-Request-ID (or a generated one) in the
     request headers and echoes it on the response, so the body and the header agree."""
     rid = request.headers.get("x-request-id", "")
-    return rid[:128] if rid else uuid.uuid4().hex
+    return rid[:MAX_REQUEST_ID_CHARS] if rid else uuid.uuid4().hex
 
 
 def _error_response(err: ApiError, request_id: str) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return _AsciiJSONResponse(err.body(), status_code=err.status)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -70,10 +83,11 @@ class ModelServer:
         home_root: absolute ``MLOPS_RAY_HOME``.
         max_request_bytes: body cap (413 beyond it, counted on the bytes read).
         max_records: most records per request.
+        prediction_log_busy_timeout_s: how long a prediction log write waits for another replica's lock.
     """
 
     def __init__(self, model_uri: str, register_cfg: dict, home_root: str, max_request_bytes: int, max_records: int,
-                 alias: str | None = None):
+                 alias: str | None = None, prediction_log_busy_timeout_s: float = 10.0):
         from ray.serve import metrics
 
         self.model_uri = model_uri
@@ -81,6 +95,8 @@ class ModelServer:
         self.max_request_bytes = max_request_bytes
         self.max_records = max_records
         self.model = None
+        self.prediction_log = None
+        self.prediction_log_busy_timeout_s = prediction_log_busy_timeout_s
         self.load_error: str | None = None
         self._m_pred = metrics.Counter("mlops_predictions_total", description="Predictions answered.",
                                        tag_keys=("model_version", "label"))
@@ -100,8 +116,10 @@ class ModelServer:
         from mlops_ray.config import RegisterConfig
         from mlops_ray.home import Home
         from mlops_ray.serve.model import load_served_model
+        from mlops_ray.serve.prediction_log import open_prediction_log
 
         try:
+            self.prediction_log = open_prediction_log(Home.resolve(home_root), self.prediction_log_busy_timeout_s)
             self.model = load_served_model(RegisterConfig(**register_cfg), Home.resolve(home_root), self.model_uri,
                                            tempfile.mkdtemp(prefix="mlops_ray_model_"), alias=self.alias)
             logger.info("loaded %s v%s", self.model.name, self.model.version)
@@ -109,9 +127,10 @@ class ModelServer:
             self.load_error = f"{type(e).__name__}: {e}"
             logger.exception("model load failed")
 
-    def _fail(self, err: ApiError, rid: str) -> JSONResponse:
+    def _fail(self, err: ApiError, rid: str, predict_fields: bool = True) -> JSONResponse:
+        """Count the error (and, for predict, each invalid input field) and answer it."""
         self._m_errors.inc(tags={"code": err.code})
-        if err.code == "validation_error":
+        if err.code == "validation_error" and predict_fields:
             for f in err.fields:
                 loc = f.get("loc") or []
                 name = loc[-1] if loc and loc[-1] in INPUT_SCHEMA else UNKNOWN_FIELD_LABEL
@@ -124,7 +143,7 @@ class ModelServer:
 
     @app.get("/readyz")
     async def readyz(self, request: Request):
-        if self.model is None:
+        if self.model is None or self.prediction_log is None:
             why = self.load_error or "model is loading"
             return _error_response(ApiError(503, "unavailable", f"not ready: {why}"), _request_id(request))
         return {"status": "ready", "model": {"name": self.model.name, "version": self.model.version}}
@@ -151,30 +170,69 @@ class ModelServer:
                 raise ApiError(413, "payload_too_large", f"body exceeds {self.max_request_bytes} bytes")
         return bytes(buf)
 
+    async def _json_body(self, request: Request) -> Any:
+        """Content type (415), bytes read under the cap (413), strict UTF-8 JSON (400)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "unsupported_media_type",
+                           f"content type '{ctype or 'none'}' not supported; send application/json")
+        return parse_json_body(await self._read_body(request))
+
+    def _internal_error(self, rid: str) -> JSONResponse:
+        logger.exception("internal error on request %s", rid)
+        return self._fail(ApiError(500, "internal_error", f"internal error; request id {rid}"), rid)
+
     @app.post("/v1/predict")
     async def predict(self, request: Request):
         rid = _request_id(request)
         t0 = time.perf_counter()
         try:
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                raise ApiError(415, "unsupported_media_type",
-                               f"content type '{ctype or 'none'}' not supported; send application/json")
-            raw = await self._read_body(request)
-            records = validate_records(parse_json_body(raw), self.max_records)
-            if self.model is None:
+            payload = await self._json_body(request)
+            records = validate_records(payload, self.max_records)
+            m, log = self.model, self.prediction_log
+            if m is None or log is None:
                 raise ApiError(503, "unavailable", "no model loaded yet; retry when /readyz answers 200")
-            preds = self.model.predictions(records)
+            preds = m.predictions(records)
+            try:  # written before the answer: feedback must find it, whichever replica it reaches
+                await asyncio.to_thread(log.log_predictions, rid, m.name, m.version, payload["records"], preds)
+            except DuplicateRequestId:
+                raise ApiError(409, "conflict", f"request id {rid!r} was already used for a prediction; send a "
+                                                "fresh X-Request-ID (or none: the server makes one)") from None
         except ApiError as err:
             return self._fail(err, rid)
-        m = self.model
+        except Exception:  # noqa: BLE001 - a bug: JSON 500 with the request id, never a traceback
+            return self._internal_error(rid)
         for p in preds:
             self._m_pred.inc(tags={"model_version": m.version, "label": str(p["label"])})
             self._m_score.observe(p["probability"])
         self._m_latency.observe((time.perf_counter() - t0) * 1000.0)
         body: dict[str, Any] = {"request_id": rid, "model": {"name": m.name, "version": m.version, "alias": m.alias},
                                 "predictions": preds}
-        return JSONResponse(body)
+        return _AsciiJSONResponse(body)
+
+    @app.post("/v1/feedback", status_code=202)
+    async def feedback(self, request: Request):
+        """True labels for a logged prediction: ``{"request_id", "label"[, "record_index"]}`` or
+        ``{"request_id", "labels": [...]}`` -> 202; unknown request id -> 404."""
+        rid = _request_id(request)
+        try:
+            fb = validate_feedback(await self._json_body(request))
+            log = self.prediction_log
+            if log is None:
+                raise ApiError(503, "unavailable", "prediction log not open yet; retry when /readyz answers 200")
+            n = await asyncio.to_thread(log.record_count, fb.request_id)
+            if n == 0:
+                raise ApiError(404, "not_found", f"no prediction with request id {fb.request_id!r}; send the "
+                                                 "request_id of a /v1/predict answer")
+            labels = fb.labels_by_index(n)
+            stored = await asyncio.to_thread(log.add_feedback, fb.request_id, labels)
+        except ApiError as err:
+            return self._fail(err, rid, predict_fields=False)
+        except UnknownRequestId:
+            return self._fail(ApiError(404, "not_found", "no prediction with that request id"), rid)
+        except Exception:  # noqa: BLE001
+            return self._internal_error(rid)
+        return _AsciiJSONResponse({"request_id": fb.request_id, "labels_stored": stored}, status_code=202)
 
 
 def build_app(args: dict[str, Any]):
@@ -200,4 +258,4 @@ def model_server(deploy_cfg, register_cfg, home, uri: str, alias: str | None):
     return ModelServer.options(autoscaling_config=deploy_cfg.autoscaling.to_serve(),
                                ray_actor_options={"num_cpus": deploy_cfg.num_cpus_per_replica}).bind(
         uri, register_cfg.model_dump(mode="json"), str(home.root), deploy_cfg.max_request_bytes,
-        deploy_cfg.max_records, alias)
+        deploy_cfg.max_records, alias, deploy_cfg.prediction_log_busy_timeout_s)

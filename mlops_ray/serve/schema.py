@@ -60,6 +60,8 @@ def parse_json_body(raw: bytes) -> Any:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except ValueError as e:
         raise ApiError(400, "bad_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body nests arrays/objects too deeply; send flat records") from None
 
 
 def _type_ok(kind: str, v: Any) -> bool:
@@ -70,7 +72,14 @@ def _type_ok(kind: str, v: Any) -> bool:
     return isinstance(v, str)
 
 
+#: Years accepted in records (and in ``time_hour``): inside pandas' nanosecond timestamp range, which the
+#: feature derivation uses.
+YEAR_RANGE = (1900, 2200)
+
+
 def _range_problem(name: str, v: Any) -> str | None:
+    if name == "year" and not YEAR_RANGE[0] <= v <= YEAR_RANGE[1]:
+        return f"must be between {YEAR_RANGE[0]} and {YEAR_RANGE[1]}"
     if name == "month" and not 1 <= v <= 12:
         return "must be between 1 and 12"
     if name == "day" and not 1 <= v <= 31:
@@ -88,6 +97,8 @@ def _range_problem(name: str, v: Any) -> str | None:
             return "must be an ISO-8601 timestamp with an offset, e.g. 2013-11-03T10:00:00-05:00"
         if dt.tzinfo is None:
             return "must carry a UTC offset, e.g. 2013-11-03T10:00:00-05:00"
+        if not YEAR_RANGE[0] <= dt.year <= YEAR_RANGE[1]:
+            return f"year must be between {YEAR_RANGE[0]} and {YEAR_RANGE[1]}"
     return None
 
 
@@ -177,3 +188,97 @@ def input_schema_description(spec=None) -> list[dict[str, Any]]:
     cats = {c.name: list(c.labels) for c in spec.categorical} if spec is not None else {}
     return [{"name": n, "type": k, "required": r, "nullable": not r,
              **({"known_categories": cats[n]} if n in cats else {})} for n, (k, r) in INPUT_SCHEMA.items()]
+
+
+#: Longest request id accepted (the server truncates X-Request-ID to this too).
+MAX_REQUEST_ID_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A validated ``POST /v1/feedback`` body.
+
+    Attributes:
+        request_id: the predict answer's ``request_id``.
+        labels: true labels in record order (the ``labels`` form), or None.
+        label: one true label (the ``label`` form), or None.
+        record_index: the record ``label`` is for; None = the request's only record.
+    """
+
+    request_id: str
+    labels: tuple[int, ...] | None = None
+    label: int | None = None
+    record_index: int | None = None
+
+    def labels_by_index(self, n_records: int) -> dict[int, int]:
+        """``{record_index: label}`` for a request that held ``n_records`` records.
+
+        Raises:
+            ApiError: 422 when the labels do not fit the request (wrong count, index out of range,
+                a single ``label`` without ``record_index`` for a request of several records).
+        """
+        if self.labels is not None:
+            if len(self.labels) != n_records:
+                raise ApiError(422, "validation_error", "labels do not match the request", [
+                    {"loc": ["labels"], "msg": f"request {self.request_id!r} held {n_records} record(s); "
+                                               f"got {len(self.labels)} label(s); send one label per record, in order"}])
+            return dict(enumerate(self.labels))
+        if self.record_index is None:
+            if n_records != 1:
+                raise ApiError(422, "validation_error", "label does not say which record it is for", [
+                    {"loc": ["record_index"], "msg": f"request {self.request_id!r} held {n_records} records; send "
+                                                     "record_index with label, or labels with one label per record"}])
+            return {0: self.label}
+        if self.record_index >= n_records:
+            raise ApiError(422, "validation_error", "record_index outside the request", [
+                {"loc": ["record_index"], "msg": f"request {self.request_id!r} held {n_records} record(s) "
+                                                 f"(indices 0..{n_records - 1}); got {self.record_index}"}])
+        return {self.record_index: self.label}
+
+
+def _is_label(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v in (0, 1)
+
+
+def validate_feedback(payload: Any) -> Feedback:
+    """Check a parsed ``POST /v1/feedback`` body: ``{"request_id", "label" (0|1)[, "record_index"]}`` or
+    ``{"request_id", "labels": [0|1, ...]}`` (one label per record of the request, in order).
+
+    Raises:
+        ApiError: 422 ``validation_error`` with every bad field's ``loc``.
+    """
+    if not isinstance(payload, dict):
+        raise ApiError(422, "validation_error", "body must be a JSON object {\"request_id\": ..., \"label\": 0|1}",
+                       [{"loc": [], "msg": f"expected an object, got {type(payload).__name__}"}])
+    problems: list[dict[str, Any]] = [{"loc": [k], "msg": "unknown field"}
+                                      for k in sorted(set(payload) - {"request_id", "label", "labels", "record_index"})]
+    rid = payload.get("request_id")
+    if "request_id" not in payload:
+        problems.append({"loc": ["request_id"], "msg": "field required"})
+    elif not isinstance(rid, str) or not 1 <= len(rid) <= MAX_REQUEST_ID_CHARS:
+        problems.append({"loc": ["request_id"], "msg": f"expected the predict answer's request_id, a string of 1 to "
+                                                       f"{MAX_REQUEST_ID_CHARS} characters"})
+    has_label, has_labels = "label" in payload, "labels" in payload
+    if has_label == has_labels:
+        problems.append({"loc": ["label"], "msg": "send exactly one of label (0|1, with record_index for a request of "
+                                                  "several records) and labels (one 0|1 per record)"})
+    if has_label and not _is_label(payload["label"]):
+        problems.append({"loc": ["label"], "msg": f"expected 0 or 1, got {payload['label']!r}"[:200]})
+    if has_labels:
+        labels = payload["labels"]
+        if not isinstance(labels, list) or not labels:
+            problems.append({"loc": ["labels"], "msg": "expected a non-empty list of 0|1, one per record"})
+        else:
+            problems += [{"loc": ["labels", i], "msg": f"expected 0 or 1, got {v!r}"[:200]}
+                         for i, v in enumerate(labels) if not _is_label(v)]
+    idx = payload.get("record_index")
+    if "record_index" in payload:
+        if has_labels:
+            problems.append({"loc": ["record_index"], "msg": "not allowed with labels (labels covers every record)"})
+        elif not (isinstance(idx, int) and not isinstance(idx, bool) and idx >= 0):
+            problems.append({"loc": ["record_index"], "msg": f"expected an integer >= 0, got {idx!r}"[:200]})
+    if problems:
+        raise ApiError(422, "validation_error", "feedback does not match the schema", problems)
+    if has_labels:
+        return Feedback(request_id=rid, labels=tuple(payload["labels"]))
+    return Feedback(request_id=rid, label=payload["label"], record_index=idx)

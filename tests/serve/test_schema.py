@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlops_ray.serve.schema import ApiError, parse_json_body, validate_records
+from mlops_ray.serve.schema import ApiError, parse_json_body, validate_feedback, validate_records
 
 GOOD = {"year": 2013, "month": 11, "day": 4, "sched_dep_time": 1745, "carrier": "UA", "origin": "EWR",
         "dest": "SFO", "distance": 2565}
@@ -63,3 +63,67 @@ def test_good_record_passes_and_optional_nulls_are_fine():
     recs = validate_records({"records": [GOOD, {**GOOD, "tailnum": None, "sched_arr_time": 2105.0}]}, 10)
     assert recs[0]["distance"] == 2565 and recs[1]["sched_arr_time"] == 2105
     assert isinstance(recs[1]["sched_arr_time"], int)
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    (b"[" * 50_000 + b"]" * 50_000, "too deeply"),
+    (b'{"records": [{"year": ' + b"9" * 5000 + b"}]}", "not valid JSON"),
+    (b'\xef\xbb\xbf{"records": []}', "BOM"),
+    (b'{"records": [{"carrier": "\xff"}]}', "not valid UTF-8"),
+])
+def test_hostile_bodies_are_400_not_a_crash(raw, match):
+    with pytest.raises(ApiError, match=match) as e:
+        parse_json_body(raw)
+    assert e.value.status == 400 and e.value.code == "bad_json"
+
+
+@pytest.mark.parametrize(("field", "value", "msg"), [
+    ("year", 10**30, "between 1900 and 2200"),
+    ("year", 9999, "between 1900 and 2200"),
+    ("distance", float("inf"), "expected number"),
+    ("time_hour", "9999-01-01T00:00:00+00:00", "year must be between"),
+])
+def test_values_outside_what_the_features_can_hold_are_422(field, value, msg):
+    err = _problems({"records": [{**GOOD, field: value}]})
+    assert err.status == 422 and any(f["loc"] == ["records", 0, field] and msg in f["msg"] for f in err.fields)
+
+
+@pytest.mark.parametrize(("payload", "loc", "msg"), [
+    ([], [], "expected an object"),
+    ({"label": 1}, ["request_id"], "field required"),
+    ({"request_id": "", "label": 1}, ["request_id"], "1 to 128 characters"),
+    ({"request_id": 5, "label": 1}, ["request_id"], "string"),
+    ({"request_id": "r"}, ["label"], "exactly one of label"),
+    ({"request_id": "r", "label": 1, "labels": [1]}, ["label"], "exactly one of label"),
+    ({"request_id": "r", "label": 2}, ["label"], "expected 0 or 1"),
+    ({"request_id": "r", "label": True}, ["label"], "expected 0 or 1"),
+    ({"request_id": "r", "label": 1.0}, ["label"], "expected 0 or 1"),
+    ({"request_id": "r", "labels": []}, ["labels"], "non-empty list"),
+    ({"request_id": "r", "labels": [0, "1"]}, ["labels", 1], "expected 0 or 1"),
+    ({"request_id": "r", "label": 1, "record_index": -1}, ["record_index"], "integer >= 0"),
+    ({"request_id": "r", "labels": [1], "record_index": 0}, ["record_index"], "not allowed with labels"),
+    ({"request_id": "r", "label": 1, "score": 0.3}, ["score"], "unknown field"),
+])
+def test_feedback_shape_violations_are_422_with_loc(payload, loc, msg):
+    with pytest.raises(ApiError) as e:
+        validate_feedback(payload)
+    assert e.value.status == 422 and e.value.code == "validation_error"
+    assert any(f["loc"] == loc and msg in f["msg"] for f in e.value.fields), e.value.fields
+
+
+@pytest.mark.parametrize(("payload", "n_records", "expected", "loc"), [
+    ({"request_id": "r", "label": 1}, 1, {0: 1}, None),
+    ({"request_id": "r", "label": 0, "record_index": 2}, 3, {2: 0}, None),
+    ({"request_id": "r", "labels": [1, 0, 1]}, 3, {0: 1, 1: 0, 2: 1}, None),
+    ({"request_id": "r", "label": 1}, 2, None, ["record_index"]),
+    ({"request_id": "r", "label": 1, "record_index": 3}, 3, None, ["record_index"]),
+    ({"request_id": "r", "labels": [1, 0]}, 3, None, ["labels"]),
+])
+def test_feedback_labels_must_fit_the_logged_request(payload, n_records, expected, loc):
+    fb = validate_feedback(payload)
+    if expected is not None:
+        assert fb.labels_by_index(n_records) == expected
+        return
+    with pytest.raises(ApiError) as e:
+        fb.labels_by_index(n_records)
+    assert e.value.status == 422 and [f["loc"] for f in e.value.fields] == [loc]
