@@ -31,8 +31,20 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------- engines
+#: Accepted ``engines.spark.master`` forms: local mode, a standalone cluster (one master or an HA list), Connect.
+SPARK_MASTER_FORMS = ("local", "local[*]", "local[N]", "local[N,MAX_FAILURES]", "spark://HOST:PORT[,HOST:PORT...]",
+                      "sc://HOST[:PORT][/;PARAM=VALUE...]")
+_SPARK_MASTER = (r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?"
+                 r"|spark://[^\s/:,]+:[0-9]{1,5}(,[^\s/:,]+:[0-9]{1,5})*"
+                 r"|sc://[^\s/:;]+(:[0-9]{1,5})?(/(;[^\s;=]+=[^\s;]*)*)?")
+
+
 class SparkConfig(_Model):
-    master: str = Field("local[2]", description="Spark master URL: local[N] or spark://host:7077.")
+    master: str = Field(
+        "local[*]", description="Where Spark runs: local[*] or local[N] (inside this process, N cores), "
+                               "spark://HOST:PORT (a standalone cluster, e.g. cluster/spark/start-standalone.sh), or "
+                               "sc://HOST[:PORT] (a Spark Connect server; this process is a thin client and the "
+                               "driver settings below belong to the server).")
     app_name: str = Field("mlops_ray", description="Spark application name.")
     driver_memory: str = Field("4g", description="spark.driver.memory; must be set before the session starts.")
     shuffle_partitions: Annotated[int, Field(ge=1, le=10_000)] = Field(
@@ -43,6 +55,25 @@ class SparkConfig(_Model):
         None, description="Address executors reach the driver at (spark.driver.host). None: 127.0.0.1 for a "
                           "local[...] master (nothing listens outside the machine); Spark's default (this host's "
                           "name) for a cluster master, whose executors run on other machines.")
+
+    @model_validator(mode="after")
+    def _master_form(self) -> "SparkConfig":
+        import re
+
+        if not re.fullmatch(_SPARK_MASTER, self.master):
+            raise ValueError(f"engines.spark.master must be one of {', '.join(SPARK_MASTER_FORMS)}; got "
+                             f"{self.master!r}. Use e.g. local[*], spark://127.0.0.1:7077 or sc://127.0.0.1:15002.")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local[...] master (Spark runs inside this process)."""
+        return self.master.startswith("local")
+
+    @property
+    def is_connect(self) -> bool:
+        """True for an sc:// (Spark Connect) master."""
+        return self.master.startswith("sc://")
 
 
 class RayConfig(_Model):
@@ -633,12 +664,19 @@ class PreprocessConfig(_Model):
     )
     categorical_features: tuple[str, ...] = Field(
         ("carrier", "origin", "dest", "route"),
-        description="Categorical features: capped vocabulary, then one-hot with an unseen bucket.",
+        description="Categorical features: capped vocabulary, then one-hot with two reserved slots (null, and any "
+                    "value outside the vocabulary).",
     )
     max_categories: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        40, description="Vocabulary cap per categorical feature: the most frequent values in train; the rest become __other__."
+        40, description="Vocabulary cap per categorical feature: the most frequent values in train (ties by code "
+                        "point); the rest share the <other> slot with values never seen in train."
     )
-    impute_strategy: Literal["median", "mean"] = Field("median", description="Spark ML Imputer strategy.")
+    impute_strategy: Literal["median", "mean"] = Field(
+        "median", description="Value that replaces a null numeric feature: the exact median (type 7, as numpy's "
+                              "default) or the exact mean of its non-null training values.")
+    reference_bins: Annotated[int, Field(ge=2, le=1000)] = Field(
+        10, description="Drift reference: quantile bins per numeric feature (edges at the exact training quantiles "
+                        "i/reference_bins; tied edges merge). Monitoring computes PSI over these bins.")
 
     @model_validator(mode="after")
     def _no_outcome_features(self) -> "PreprocessConfig":
@@ -867,6 +905,9 @@ class DeployConfig(_Model):
         5, description="Real test-split flights sent to the endpoint after deploy (0 = no smoke check)."
     )
     ready_timeout_s: Annotated[float, Field(gt=0)] = Field(180.0, description="How long deploy waits for /readyz.")
+    prediction_log_busy_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        10.0, description="How long a prediction log write waits for another replica's write lock (SQLite busy "
+                          "timeout), seconds; beyond it the request answers 500.")
 
 
 # --------------------------------------------------------------------------- automation
@@ -945,6 +986,12 @@ class MonitorConfig(_Model):
         500.0, description="Alert when the p99 HTTP latency over 5 minutes exceeds this, milliseconds.")
     alert_for_s: Annotated[int, Field(ge=0)] = Field(
         60, description="How long a condition must hold before its alert fires (Prometheus 'for'), seconds.")
+    retrain_on_alerts: tuple[str, ...] = Field(
+        ("MlopsFeatureDrift", "MlopsAccuracyDrop"),
+        description="Alert names whose firing (Alertmanager webhook) submits the pipeline as a Ray job.")
+    retrain_cooldown_s: Annotated[float, Field(ge=0)] = Field(
+        3600.0, description="After a retrain submission, further alerts (and `mlops-ray retrain` without --force) "
+                            "submit nothing for this long, seconds.")
 
 
 class Config(_Model):

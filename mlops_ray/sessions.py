@@ -14,9 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlops_ray.config import EnginesConfig
+from mlops_ray.config import EnginesConfig, SparkConfig
 from mlops_ray.errors import EnvironmentSetupError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,6 +52,43 @@ def check_java() -> None:
         raise EnvironmentSetupError(f"Java {v} found, Java 17+ expected. {JAVA_HELP}")
 
 
+@dataclass(frozen=True)
+class SparkSessionPlan:
+    """How :class:`Sessions` builds the SparkSession for one ``engines.spark`` slice (nothing started).
+
+    Attributes:
+        remote: the Spark Connect URL (``sc://...``) for ``SparkSession.builder.remote``; None otherwise.
+        master: the master URL (``local[...]`` or ``spark://...``) for ``builder.master``; None for Connect.
+        conf: settings passed with ``builder.config``. A Connect client passes only runtime SQL settings:
+            driver memory, UI, host and jars belong to the server (cluster/spark/start-connect.sh).
+        needs_java: whether this process starts a JVM (not for a Connect client).
+    """
+
+    remote: str | None
+    master: str | None
+    conf: dict[str, str]
+    needs_java: bool
+
+
+def spark_session_plan(sc: SparkConfig, extra_jars: tuple[str, ...] = ()) -> SparkSessionPlan:
+    """The builder settings for ``sc``: local mode, a standalone cluster, or a Spark Connect server."""
+    sql = {"spark.sql.shuffle.partitions": str(sc.shuffle_partitions), "spark.sql.session.timeZone": "UTC",
+           "spark.sql.execution.arrow.pyspark.enabled": "true"}
+    if sc.is_connect:
+        return SparkSessionPlan(remote=sc.master, master=None, conf=sql, needs_java=False)
+    conf = {"spark.app.name": sc.app_name, "spark.driver.memory": sc.driver_memory,
+            "spark.default.parallelism": str(sc.shuffle_partitions), **sql,
+            "spark.ui.enabled": str(sc.ui_enabled).lower(), "spark.ui.showConsoleProgress": "false"}
+    driver_host = sc.driver_host or ("127.0.0.1" if sc.is_local else None)
+    if driver_host:
+        conf["spark.driver.host"] = driver_host
+    if extra_jars:
+        conf["spark.jars"] = ",".join(os.path.abspath(j) for j in extra_jars)
+    if sc.is_local:
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    return SparkSessionPlan(remote=None, master=sc.master, conf=conf, needs_java=True)
+
+
 class Sessions:
     """Lazily started Spark and Ray engines for one entry point.
 
@@ -58,7 +96,8 @@ class Sessions:
         engines: the ``engines`` slice of the config.
         ray_runtime_env: runtime environment passed to ``ray.init`` (e.g. MLOPS_RAY_HOME).
         extra_jars: jar files put on the SparkSession's classpath (``spark.jars``) when it starts, e.g.
-            ``cfg.ingest.spark_jars()`` (JDBC drivers); a session's jars are fixed once it runs.
+            ``cfg.ingest.spark_jars()`` (JDBC drivers); a session's jars are fixed once it runs. With a
+            Spark Connect master the jars must be on the server instead (``start-connect.sh --conf spark.jars=...``).
     """
 
     def __init__(self, engines: EnginesConfig, ray_runtime_env: dict | None = None,
@@ -75,21 +114,30 @@ class Sessions:
     def spark(self) -> "SparkSession":
         """The SparkSession, started on first access (UTC session time zone, few shuffle partitions).
 
+        ``local[...]`` and ``spark://`` masters start a driver JVM in this process; an ``sc://`` master
+        makes this process a Spark Connect client of that server.
+
         Raises:
-            EnvironmentSetupError: no Java 17+, or a jar of ``extra_jars`` does not exist.
+            EnvironmentSetupError: no Java 17+, a jar of ``extra_jars`` does not exist, or (``sc://``) pyspark's
+                Connect client packages are not installed.
         """
         if self._spark is None:
-            missing = [j for j in self.extra_jars if not os.path.isfile(j)]
+            sc = self.engines.spark
+            plan = spark_session_plan(sc, () if sc.is_connect else self.extra_jars)
+            missing = [j for j in self.extra_jars if not os.path.isfile(j)] if plan.needs_java else []
             if missing:
                 raise EnvironmentSetupError(
                     f"Spark jar(s) {missing} do not exist; the config names them (ingest.tables.<table>.driver_jar). "
                     "Install the driver (PostgreSQL: `apt-get install -y libpostgresql-jdbc-java` puts it at "
                     "/usr/share/java/postgresql.jar) or fix the path.")
-            check_java()
-            sc = self.engines.spark
-            local = sc.master.startswith("local")
+            if plan.needs_java:
+                check_java()
+            elif self.extra_jars:
+                logger.warning("Spark Connect (%s): jars %s must be on the server's classpath "
+                               "(start-connect.sh --conf spark.jars=...); the client cannot add them",
+                               sc.master, list(self.extra_jars))
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            if local:
+            if sc.is_local:
                 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
             import warnings
@@ -98,25 +146,24 @@ class Sessions:
             from pyspark.sql import SparkSession
 
             logger.info("starting Spark (%s, driver memory %s)", sc.master, sc.driver_memory)
-            driver_host = sc.driver_host or ("127.0.0.1" if local else None)
-            builder = (
-                SparkSession.builder.master(sc.master).appName(sc.app_name)
-                .config("spark.driver.memory", sc.driver_memory)
-                .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
-                .config("spark.default.parallelism", str(sc.shuffle_partitions))
-                .config("spark.sql.session.timeZone", "UTC")
-                .config("spark.ui.enabled", str(sc.ui_enabled).lower())
-                .config("spark.ui.showConsoleProgress", "false")
-                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            )
-            if driver_host:
-                builder = builder.config("spark.driver.host", driver_host)
-            if self.extra_jars:
-                builder = builder.config("spark.jars", ",".join(os.path.abspath(j) for j in self.extra_jars))
-            if local:
-                builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
-            self._spark = builder.getOrCreate()
-            self._spark.sparkContext.setLogLevel("ERROR")
+            builder = SparkSession.builder
+            builder = builder.remote(plan.remote) if plan.remote else builder.master(plan.master)
+            for k, v in plan.conf.items():
+                builder = builder.config(k, v)
+            try:
+                self._spark = builder.getOrCreate()
+            except ImportError as exc:  # pyspark's Connect client needs extras (grpcio-status, zstandard, ...)
+                if plan.needs_java:
+                    raise
+                import pyspark
+
+                reason = str(exc).rstrip(".")
+                raise EnvironmentSetupError(
+                    f"A Spark Connect master ({sc.master}) needs pyspark's Connect client packages: {reason}. "
+                    f"Install them with `pip install 'mlops_ray[connect]'` (or `pip install 'pyspark[connect]=="
+                    f"{pyspark.__version__}'`).") from exc
+            if plan.needs_java:
+                self._spark.sparkContext.setLogLevel("ERROR")
         return self._spark
 
     def stop_spark(self) -> None:
@@ -126,6 +173,9 @@ class Sessions:
         from pyspark import SparkContext
 
         self._spark.stop()
+        if self.engines.spark.is_connect:  # a Connect client has no JVM of its own
+            self._spark = None
+            return
         gateway = SparkContext._gateway
         if gateway is not None:
             proc = getattr(gateway, "proc", None)

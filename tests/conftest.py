@@ -1,4 +1,5 @@
-"""Shared fixtures: one SparkSession, one local Ray and one pipeline run per test session.
+"""Shared fixtures: one SparkSession, one local Ray and one pipeline run per test session; a
+standalone Spark cluster and a PostgreSQL server for the tests that need them.
 
 Services bind to loopback on explicit free ports. The pipeline fixture runs the real stages
 on a sample of the real 2013 flights (ingest -> ... -> deploy on Ray Serve) once; the
@@ -135,6 +136,53 @@ def pipeline_run(sessions, tmp_path_factory):
 def endpoint(pipeline_run) -> str:
     """Base URL of the deployed model server."""
     return pipeline_run[2]["stages"]["deploy"]["outputs"]["url"]
+
+
+# ------------------------------------------------------------ Spark standalone
+#: JVMs of the test clusters (daemons, their executors, test drivers) start about a third faster with the C1
+#: compiler only and the serial GC; the sample's jobs are too small for C2 or a parallel GC to pay off.
+FAST_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+
+
+@dataclass(frozen=True)
+class SparkStandalone:
+    """A running standalone Spark master with one worker on loopback (cluster/spark/start-standalone.sh)."""
+
+    url: str
+    webui_port: int
+    dir: Path
+
+    def state(self) -> dict:
+        """The master's ``/json/`` (workers, active and completed applications)."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.webui_port}/json/", timeout=5) as r:
+            return json.load(r)
+
+
+@pytest.fixture(scope="session")
+def spark_standalone(tmp_path_factory):
+    """A standalone Spark master + one worker (2 cores, 2 GiB) on free loopback ports for the test session.
+
+    Started and stopped with the repository's own scripts; the stop script kills exactly the
+    processes whose pids the start script wrote under the state folder.
+    """
+    state = tmp_path_factory.mktemp("spark-standalone")
+    port, webui = free_port(), free_port()
+    scripts = REPO / "cluster" / "spark"
+    try:
+        res = subprocess.run([str(scripts / "start-standalone.sh"), "--dir", str(state), "--master-port", str(port),
+                              "--webui-port", str(webui), "--workers", "1", "--worker-cores", "2",
+                              "--worker-memory", "2g", "--python", sys.executable, "--timeout-s", "120"],
+                             capture_output=True, text=True, timeout=180, env={**os.environ, **FAST_JVM})
+        if res.returncode != 0:
+            pytest.fail(f"start-standalone.sh failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        url = res.stdout.strip().splitlines()[-1]
+        assert url == f"spark://127.0.0.1:{port}", res.stdout
+        yield SparkStandalone(url=url, webui_port=webui, dir=state)
+    finally:
+        subprocess.run([str(scripts / "stop-standalone.sh"), "--dir", str(state)], capture_output=True, timeout=120)
 
 
 # ------------------------------------------------------------------ PostgreSQL

@@ -108,3 +108,35 @@ def test_yaml_syntax_error_is_shown_verbatim_with_the_file_name(tmp_path):
     assert res.exit_code == 2
     text = " ".join(res.output.split())
     assert "expected ',' or ']'" in text and "syntax.yaml" in text
+
+
+@pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local[4,3]", "spark://127.0.0.1:7077",
+                                    "spark://master-0.spark:7077,master-1.spark:7077", "sc://127.0.0.1:15002",
+                                    "sc://connect.example.com", "sc://h:15002/;token=abc;use_ssl=true"])
+def test_spark_master_accepts_local_standalone_and_connect_urls(master):
+    cfg = config_from_mapping({"engines": {"spark": {"master": master}}})
+    assert cfg.engines.spark.master == master
+    assert (cfg.engines.spark.is_local, cfg.engines.spark.is_connect) == \
+        (master.startswith("local"), master.startswith("sc://"))
+
+
+def test_spark_master_defaults_to_all_local_cores():
+    assert config_from_mapping({}).engines.spark.master == "local[*]"
+
+
+@pytest.mark.parametrize("master", ["local[0]", "local[two]", "spark://host", "spark://:7077", "sc:/host:15002",
+                                    "http://127.0.0.1:7077", "yarn ", "", "local[*] "])
+def test_spark_master_of_another_form_names_the_field_and_the_accepted_forms(master):
+    with pytest.raises(ConfigError, match=r"engines\.spark.*master must be one of local, local\[\*\], local\[N\].*"
+                                          r"spark://HOST:PORT.*sc://HOST\[:PORT\].*got '"):
+        config_from_mapping({"engines": {"spark": {"master": master}}})
+
+
+@pytest.mark.parametrize(("bins", "ok"), [(2, True), (10, True), (1000, True), (1, False), (1001, False)])
+def test_preprocess_reference_bins_range(bins, ok):
+    mapping = {"preprocess": {"reference_bins": bins}}
+    if ok:
+        assert config_from_mapping(mapping).preprocess.reference_bins == bins
+    else:
+        with pytest.raises(ConfigError, match=r"preprocess\.reference_bins"):
+            config_from_mapping(mapping)

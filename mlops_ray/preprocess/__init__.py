@@ -5,8 +5,9 @@ Output folder (``cache/preprocess/<key>/``, ../shared/CONTRACTS.md)::
 
     data/manifest.json               schema, rows per split, content fingerprint, feature names
     data/{train,validation,test}/    Parquet: input columns, label, features array<double> (fixed width)
-    feature_spec.json                Spark-free transform (serving applies it with NumPy)
-    reference_stats.json             drift reference from train: per-feature null share, decile edges, top categories
+    feature_spec.json                Spark-free transform from exact train statistics (serving applies it with NumPy)
+    reference_stats.json             drift reference from train: null shares, exact quantile bins with counts,
+                                     category counts (:mod:`.reference`; the manifest names it with its SHA-256)
     lookups/{weather,planes}/        lookup tables the serving path joins, as in training
     spark_pipeline/                  the fitted pyspark.ml PipelineModel
 """
@@ -33,13 +34,10 @@ from mlops_ray.preprocess.derive import (
     spark_planes_lookup,
     spark_weather_lookup,
 )
-from mlops_ray.preprocess.encode import (
-    capped_vocabularies,
-    feature_spec_from_pipeline,
-    fit_encoder,
-    with_encoder_inputs,
-)
+from mlops_ray.preprocess.encode import feature_spec_from_counts, fit_encoder
 from mlops_ray.preprocess.feature_spec import FeatureSpec
+from mlops_ray.preprocess.reference import reference_stats
+from mlops_ray.preprocess.value_counts import spark_value_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.ml import PipelineModel
@@ -87,15 +85,15 @@ def spark_features(flights: "DataFrame", weather_lookup: "DataFrame", planes_loo
     from pyspark.ml.functions import vector_to_array
 
     joined = spark_flights_with_lookups(flights, weather_lookup, planes_lookup, spec.timezone)
-    vocab = {c.name: c.kept for c in spec.categorical}
-    encoded = pipeline.transform(with_encoder_inputs(joined, spec.numeric, vocab))
+    encoded = pipeline.transform(joined)
     return encoded.withColumn("features", vector_to_array("features_vec", dtype="float64"))
 
 
 def content_fingerprint(df: "DataFrame", spec: FeatureSpec) -> str:
     """SHA-256 over sorted per-row xxhash64 values, the schema, and the spec rounded to 1e-9.
 
-    Independent of partitioning: row hashes are sorted before hashing.
+    Independent of partitioning: row hashes are sorted before hashing, and every fitted statistic
+    (hence every feature value) is computed exactly (:mod:`mlops_ray.preprocess.value_counts`).
     """
     from pyspark.sql import functions as F
 
@@ -108,31 +106,11 @@ def content_fingerprint(df: "DataFrame", spec: FeatureSpec) -> str:
     return h.hexdigest()
 
 
-def reference_stats(joined_train: "DataFrame", numeric: tuple[str, ...], categorical: tuple[str, ...],
-                    top: int = 20) -> dict:
-    """Drift reference on the training rows (pre-encoding features).
+def _file_entry(path: Path, relative_to: Path) -> dict[str, str]:
+    """``{"path": <relative path>, "sha256": <hex>}`` of a file the manifest points at."""
+    import os
 
-    Numeric: row count, null share, mean and decile edges (Spark's approxQuantile, relative
-    error 1e-3) of the non-null values. Categorical: null share and the ``top`` most frequent
-    values with their shares.
-    """
-    from pyspark.sql import functions as F
-
-    n = joined_train.count()
-    nulls = joined_train.select(*[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in (*numeric, *categorical)]) \
-        .collect()[0].asDict()
-    means = joined_train.select(*[F.avg(F.col(c).cast("double")).alias(c) for c in numeric]).collect()[0].asDict()
-    probs = [i / 10 for i in range(11)]
-    edges = joined_train.select(*[F.col(c).cast("double").alias(c) for c in numeric]) \
-        .approxQuantile(list(numeric), probs, 1e-3)
-    out = {"rows": n, "numeric": {}, "categorical": {}}
-    for c, e in zip(numeric, edges):
-        out["numeric"][c] = {"null_share": (nulls[c] or 0) / n if n else 0.0, "mean": means[c], "deciles": e}
-    for c in categorical:
-        rows = (joined_train.groupBy(c).count().orderBy(F.desc("count"), F.asc(c)).limit(top).collect())
-        out["categorical"][c] = {"null_share": (nulls[c] or 0) / n if n else 0.0,
-                                 "top": [{"value": r[c], "share": r["count"] / n} for r in rows]}
-    return out
+    return {"path": os.path.relpath(path, relative_to), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSession]", ingest_path: str,
@@ -142,7 +120,7 @@ def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSess
     ``spark_session`` returns the SparkSession; it is called only when the output is not cached yet.
 
     Raises:
-        DataError: a split has no rows or a single class in train.
+        DataError: a split has no rows, a single class in train, or a numeric feature null in all of train.
     """
     from pyspark.sql import functions as F
 
@@ -164,23 +142,24 @@ def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSess
             logger.warning("preprocess: %d rows fall in no split month and are left out", unassigned)
         rows = rows.filter(F.col("split").isNotNull()).cache()
         joined = spark_flights_with_lookups(rows.filter(F.col("split") == "train"), weather, planes, cfg.timezone)
-        vocab = capped_vocabularies(joined, cfg.categorical_features, cfg.max_categories)
-        (out / "reference_stats.json").write_text(json.dumps(
-            reference_stats(joined, cfg.numeric_features, cfg.categorical_features), indent=2))
-        train_in = with_encoder_inputs(joined, cfg.numeric_features, vocab)
-        pipeline = fit_encoder(train_in, cfg.numeric_features, cfg.categorical_features, cfg.impute_strategy)
-        pipeline.write().save(str(out / "spark_pipeline"))
-        spec = feature_spec_from_pipeline(pipeline, cfg.numeric_features, vocab, cfg.timezone, tuple(INPUT_SCHEMA))
+        counts = spark_value_counts(joined, cfg.numeric_features, cfg.categorical_features)
+        spec = feature_spec_from_counts(counts, cfg.numeric_features, cfg.categorical_features, cfg.max_categories,
+                                        cfg.impute_strategy, cfg.timezone, tuple(INPUT_SCHEMA))
         spec.save(out / "feature_spec.json")
+        (out / "reference_stats.json").write_text(json.dumps(
+            reference_stats(counts, {c.name: c.labels for c in spec.categorical}, cfg.reference_bins),
+            indent=2, sort_keys=True))
+        pipeline = fit_encoder(joined, spec)
+        pipeline.write().save(str(out / "spark_pipeline"))
 
         feats = spark_features(rows, weather, planes, pipeline, spec).select(*OUTPUT_COLUMNS, "split")
         feats.write.partitionBy("split").parquet(str(out / "_by_split"))
-        counts = {}
+        split_rows = {}
         for s in SPLITS:
             part = spark.read.parquet(str(out / "_by_split" / f"split={s}"))
             part.write.parquet(str(out / "data" / s))
-            counts[s] = spark.read.parquet(str(out / "data" / s)).count()
-            if counts[s] == 0:
+            split_rows[s] = spark.read.parquet(str(out / "data" / s)).count()
+            if split_rows[s] == 0:
                 raise DataError(f"preprocess: split '{s}' has no rows; check preprocess.split months "
                                 f"against the data (and ingest.sample_fraction).")
         import shutil
@@ -195,7 +174,7 @@ def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSess
                             "expected both delayed and on-time flights.")
         manifest = {
             "schema": {f.name: f.dataType.simpleString() for f in all_rows.schema.fields},
-            "rows": counts,
+            "rows": split_rows,
             "rows_unassigned": unassigned,
             "label": f"arr_delay > {cfg.label_delay_min} min",
             "train_label_counts": label_counts,
@@ -203,6 +182,9 @@ def run_preprocess(cfg: PreprocessConfig, spark_session: "Callable[[], SparkSess
             "width": spec.width,
             "fingerprint": fp,
             "split": cfg.split.model_dump(mode="json"),
+            "feature_spec": _file_entry(out / "feature_spec.json", out / "data"),
+            "reference_stats": {**_file_entry(out / "reference_stats.json", out / "data"),
+                                "bins": cfg.reference_bins},
         }
         (out / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         rows.unpersist()

@@ -1,6 +1,6 @@
 """Feature derivation for the flights job, written twice on purpose: in Spark (training, large
 data) and in pandas (serving, one request), with the same semantics. A parity test on real
-rows pins them together (tests/preprocess/test_parity.py).
+rows pins them together (tests/preprocess/test_spark_preprocess.py).
 
 Everything here uses only what is known before departure; ``DERIVED_FROM`` records the
 raw columns each feature comes from, and no entry may name an outcome column.
@@ -58,13 +58,16 @@ def spark_flights_with_keys(flights: "DataFrame", timezone: str) -> "DataFrame":
                     (dep_hour * 60 + F.col("sched_dep_time") % 100).cast("double"))
         .withColumn("sched_arr_minute_of_day",
                     (F.floor(F.col("sched_arr_time") / 100) * 60 + F.col("sched_arr_time") % 100).cast("double"))
-        .withColumn("route", F.concat_ws("-", F.col("origin"), F.col("dest")))
+        .withColumn("route", F.concat(F.col("origin"), F.lit("-"), F.col("dest")))  # null when either is null
         .withColumn("weather_hour", F.coalesce(F.to_timestamp(F.col("time_hour")), derived_hour))
     )
 
 
 def spark_weather_lookup(weather: "DataFrame") -> "DataFrame":
-    """Weather keyed by (origin, weather_hour), one row per key (duplicates averaged)."""
+    """Weather keyed by (origin, weather_hour), one row per key (duplicates averaged).
+
+    The 2013 weather table has no duplicate key; an average of two values does not depend on their order.
+    """
     from pyspark.sql import functions as F
 
     return (
@@ -75,13 +78,17 @@ def spark_weather_lookup(weather: "DataFrame") -> "DataFrame":
 
 
 def spark_planes_lookup(planes: "DataFrame") -> "DataFrame":
-    """Plane attributes keyed by tailnum, one row per tail number."""
+    """Plane attributes keyed by tailnum, one row per tail number.
+
+    A tail number listed twice gets the smallest non-null value of each column, so the lookup does not
+    depend on row order or partitioning.
+    """
     from pyspark.sql import functions as F
 
     return planes.groupBy("tailnum").agg(
-        F.first(F.col("year").cast("double"), ignorenulls=True).alias("plane_year"),
-        F.first(F.col("seats").cast("double"), ignorenulls=True).alias("seats"),
-        F.first(F.col("engines").cast("double"), ignorenulls=True).alias("engines"),
+        F.min(F.col("year").cast("double")).alias("plane_year"),
+        F.min(F.col("seats").cast("double")).alias("seats"),
+        F.min(F.col("engines").cast("double")).alias("engines"),
     )
 
 
@@ -139,7 +146,8 @@ def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFr
     out["distance"] = records["distance"].astype("float64")
     for c in ("carrier", "origin", "dest"):
         out[c] = records[c].astype("object")
-    out["route"] = records["origin"].astype(str) + "-" + records["dest"].astype(str)
+    both = records["origin"].notna() & records["dest"].notna()
+    out["route"] = (records["origin"].astype(str) + "-" + records["dest"].astype(str)).where(both, None)
     out["weather_hour"] = pandas_weather_hour(records, timezone)
     out["tailnum"] = records["tailnum"].astype("object") if "tailnum" in records else None
     wl = weather_lookup.copy()

@@ -1,100 +1,125 @@
-"""Fit the Spark ML encoding pipeline on the training split and export it as a FeatureSpec.
+"""Fit the encoding on the training split: exact statistics -> FeatureSpec -> Spark ML pipeline.
 
-Pipeline (pyspark.ml): Imputer (numeric) -> VectorAssembler -> StandardScaler (numeric block),
-StringIndexer (frequencyDesc, handleInvalid='keep') -> OneHotEncoder (dropLast=False,
-handleInvalid='keep') per categorical, then a VectorAssembler of all blocks. The
-categorical vocabulary is capped to the ``max_categories`` most frequent training values.
+The statistics come from :mod:`.value_counts` (exact, so the same training rows give the same
+spec on any partitioning or cluster). The Spark ML ``PipelineModel`` is then built from the spec,
+so Spark and serving apply one set of numbers:
+
+1. ``SQLTransformer``: per numeric feature ``<f>__scaled = (coalesce-null/NaN-to-impute(f) - mean) / std``
+   (0.0 where std is 0), with every statistic written as an exact float64 literal; per categorical
+   feature ``<f>__cat = CAST(f AS STRING)``, null -> ``__missing__``.
+2. per categorical feature: ``StringIndexerModel.from_labels([*vocabulary, "__missing__"],
+   handleInvalid="keep")`` (vocabulary values -> 0..k-1, null -> k, any other value -> k + 1)
+   then ``OneHotEncoder(dropLast=False)``: a block of k + 2 slots whatever the scored rows hold.
+3. ``VectorAssembler`` of the numeric block then the one-hot blocks -> ``features_vec``.
+
+The vocabulary is the ``max_categories`` most frequent non-null training values, most frequent
+first, ties broken by code point (the order Spark's ``StringIndexer(stringOrderType=
+"frequencyDesc")`` uses), computed from exact counts.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from mlops_ray.preprocess.feature_spec import MISSING, OTHER, CategoricalSpec, FeatureSpec
+from mlops_ray.errors import DataError
+from mlops_ray.preprocess.feature_spec import MISSING, RESERVED, CategoricalSpec, FeatureSpec
+from mlops_ray.preprocess.value_counts import ValueCounts
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame
 
 
-def _num(name: str) -> str:
-    return f"{name}__num"
+def _scaled(name: str) -> str:
+    return f"{name}__scaled"
 
 
 def _cat(name: str) -> str:
     return f"{name}__cat"
 
 
-def capped_vocabularies(train: "DataFrame", categorical: tuple[str, ...], max_categories: int) -> dict[str, tuple[str, ...]]:
-    """Per categorical feature, the ``max_categories`` most frequent training values (ties alphabetical)."""
-    from pyspark.sql import functions as F
-
-    vocab = {}
-    for name in categorical:
-        rows = (train.select(F.coalesce(F.col(name).cast("string"), F.lit(MISSING)).alias("v"))
-                .groupBy("v").count().orderBy(F.desc("count"), F.asc("v")).limit(max_categories).collect())
-        vocab[name] = tuple(r["v"] for r in rows)
-    return vocab
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
-def with_encoder_inputs(df: "DataFrame", numeric: tuple[str, ...], vocab: dict[str, tuple[str, ...]]) -> "DataFrame":
-    """Add the encoder's input columns: ``<f>__num`` (double) and ``<f>__cat`` (capped string)."""
-    from pyspark.sql import functions as F
+def _double(x: float) -> str:
+    """An exact float64 literal in Spark SQL (``repr`` round-trips; Spark parses it with Java's parseDouble)."""
+    return f"CAST('{float(x)!r}' AS DOUBLE)"
 
+
+def vocabularies(counts: ValueCounts, max_categories: int) -> dict[str, tuple[str, ...]]:
+    """Per categorical feature, the ``max_categories`` most frequent non-null values (ties by code point)."""
+    return {name: tuple(v for v in cc.values if v not in RESERVED)[:max_categories]
+            for name, cc in counts.categorical.items()}
+
+
+def feature_spec_from_counts(counts: ValueCounts, numeric: tuple[str, ...], categorical: tuple[str, ...],
+                             max_categories: int, impute_strategy: str, timezone: str,
+                             input_columns: tuple[str, ...]) -> FeatureSpec:
+    """The fitted transform from the training split's exact value counts.
+
+    Imputation value: the exact median (type 7) or exact mean of the non-null values; scaling: exact mean
+    and sample standard deviation of the values after imputation.
+
+    Raises:
+        DataError: the training split has no rows, or a numeric feature is null in every training row.
+    """
+    if counts.rows == 0:
+        raise DataError("preprocess: the train split has no rows; check preprocess.split.train_months against "
+                        "the data (and ingest.sample_fraction).")
+    impute, mean, std = [], [], []
     for name in numeric:
-        df = df.withColumn(_num(name), F.col(name).cast("double"))
-    for name, kept in vocab.items():
-        v = F.coalesce(F.col(name).cast("string"), F.lit(MISSING))
-        df = df.withColumn(_cat(name), F.when(v.isin(list(kept)) | (v == F.lit(MISSING)), v).otherwise(F.lit(OTHER)))
-    return df
+        nc = counts.numeric[name]
+        fill = nc.quantile(Fraction(1, 2)) if impute_strategy == "median" else nc.mean_std()[0]
+        m, s = nc.mean_std(fill=fill)
+        impute.append(fill)
+        mean.append(m)
+        std.append(s)
+    vocab = vocabularies(counts, max_categories)
+    return FeatureSpec(numeric=tuple(numeric), impute=tuple(impute), mean=tuple(mean), std=tuple(std),
+                       categorical=tuple(CategoricalSpec(name=n, labels=vocab[n]) for n in categorical),
+                       timezone=timezone, input_columns=input_columns)
 
 
-def fit_encoder(train: "DataFrame", numeric: tuple[str, ...], categorical: tuple[str, ...],
-                impute_strategy: str) -> "PipelineModel":
-    """Fit the Spark ML pipeline on rows already passed through :func:`with_encoder_inputs`."""
+def encoder_statement(spec: FeatureSpec) -> str:
+    """The SQLTransformer statement: imputed+scaled numeric columns and null-marked categorical columns."""
+    cols = ["*"]
+    for name, fill, mean, std in zip(spec.numeric, spec.impute, spec.mean, spec.std):
+        x = f"CAST({_quote(name)} AS DOUBLE)"
+        if std == 0.0:
+            expr = "CAST(0.0 AS DOUBLE)"
+        else:
+            imputed = f"CASE WHEN {x} IS NULL OR isnan({x}) THEN {_double(fill)} ELSE {x} END"
+            expr = f"(({imputed}) - {_double(mean)}) / {_double(std)}"
+        cols.append(f"{expr} AS {_quote(_scaled(name))}")
+    for c in spec.categorical:
+        cols.append(f"coalesce(CAST({_quote(c.name)} AS STRING), '{MISSING}') AS {_quote(_cat(c.name))}")
+    return f"SELECT {', '.join(cols)} FROM __THIS__"
+
+
+def fit_encoder(train: "DataFrame", spec: FeatureSpec) -> "PipelineModel":
+    """The Spark ML pipeline of ``spec``, fit on the training rows (derived features, pre-encoding).
+
+    Raises:
+        RuntimeError: Spark's one-hot width differs from the spec's (a Spark behaviour change).
+    """
     from pyspark.ml import Pipeline
-    from pyspark.ml.feature import Imputer, OneHotEncoder, StandardScaler, StringIndexer, VectorAssembler
+    from pyspark.ml.feature import OneHotEncoder, OneHotEncoderModel, SQLTransformer, StringIndexerModel, VectorAssembler
 
-    stages = []
-    imputed = [f"{_num(n)}__imp" for n in numeric]
-    stages.append(Imputer(inputCols=[_num(n) for n in numeric], outputCols=imputed, strategy=impute_strategy))
-    stages.append(VectorAssembler(inputCols=imputed, outputCol="numeric_vec", handleInvalid="keep"))
-    stages.append(StandardScaler(inputCol="numeric_vec", outputCol="numeric_scaled", withMean=True, withStd=True))
+    stages: list = [SQLTransformer(statement=encoder_statement(spec))]
     onehots = []
-    for name in categorical:
-        stages.append(StringIndexer(inputCol=_cat(name), outputCol=f"{name}__idx", handleInvalid="keep",
-                                    stringOrderType="frequencyDesc"))
-        stages.append(OneHotEncoder(inputCol=f"{name}__idx", outputCol=f"{name}__ohe", dropLast=False,
-                                    handleInvalid="keep"))
-        onehots.append(f"{name}__ohe")
-    stages.append(VectorAssembler(inputCols=["numeric_scaled", *onehots], outputCol="features_vec"))
-    return Pipeline(stages=stages).fit(train)
-
-
-def feature_spec_from_pipeline(model: "PipelineModel", numeric: tuple[str, ...], vocab: dict[str, tuple[str, ...]],
-                               timezone: str, input_columns: tuple[str, ...]) -> FeatureSpec:
-    """Read the fitted statistics out of the Spark pipeline into a Spark-free FeatureSpec."""
-    from pyspark.ml.feature import ImputerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel
-
-    stages = model.stages
-    imputer = next(s for s in stages if isinstance(s, ImputerModel))
-    surrogate = imputer.surrogateDF.collect()[0].asDict()
-    scaler = next(s for s in stages if isinstance(s, StandardScalerModel))
-    indexers = [s for s in stages if isinstance(s, StringIndexerModel)]
-    encoders = [s for s in stages if isinstance(s, OneHotEncoderModel)]
-    cats = []
-    for name, idx, ohe in zip(vocab, indexers, encoders):
-        labels = tuple(idx.labelsArray[0])
-        width = int(ohe.categorySizes[0]) + (1 if ohe.getHandleInvalid() == "keep" else 0)
-        if width < len(labels) + 1:  # pragma: no cover - guards a Spark behaviour change
-            raise RuntimeError(f"one-hot width for '{name}' is {width}, expected at least {len(labels) + 1}")
-        cats.append(CategoricalSpec(name=name, kept=vocab[name], labels=labels, width=width))
-    return FeatureSpec(
-        numeric=tuple(numeric),
-        impute=tuple(float(surrogate[_num(n)]) for n in numeric),
-        mean=tuple(float(v) for v in scaler.mean.toArray()),
-        std=tuple(float(v) for v in scaler.std.toArray()),
-        categorical=tuple(cats),
-        timezone=timezone,
-        input_columns=input_columns,
-    )
+    for c in spec.categorical:
+        stages.append(StringIndexerModel.from_labels([*c.labels, MISSING], inputCol=_cat(c.name),
+                                                     outputCol=f"{c.name}__idx", handleInvalid="keep"))
+        stages.append(OneHotEncoder(inputCol=f"{c.name}__idx", outputCol=f"{c.name}__ohe", dropLast=False,
+                                    handleInvalid="error"))
+        onehots.append(f"{c.name}__ohe")
+    stages.append(VectorAssembler(inputCols=[*map(_scaled, spec.numeric), *onehots], outputCol="features_vec",
+                                  handleInvalid="error"))
+    model = Pipeline(stages=stages).fit(train)
+    sizes = [int(s.categorySizes[0]) for s in model.stages if isinstance(s, OneHotEncoderModel)]
+    expected = [c.width for c in spec.categorical]
+    if sizes != expected:  # pragma: no cover - guards a Spark behaviour change
+        raise RuntimeError(f"Spark's one-hot block widths are {sizes}, the feature spec's {expected}")
+    return model

@@ -1,9 +1,20 @@
 """The feature spec: a Spark-free description of the fitted transform, applied at serving.
 
-It is exported from the fitted Spark ML pipeline (imputer surrogates, StringIndexer labels,
-StandardScaler mean/std, assembler order) and written as ``feature_spec.json``. Applying it
-with NumPy gives the same feature vector as Spark's ``transform`` (within float rounding;
-a parity test pins it at 1e-9).
+It is computed from exact statistics of the training split (:mod:`.value_counts`) and is the
+single source of the fitted transform: the Spark ML pipeline is built from it
+(:func:`mlops_ray.preprocess.encode.fit_encoder`) and serving applies it with NumPy/pandas.
+Both compute the same IEEE-754 operations in the same order, so they agree to the last bit on
+the same derived rows (a parity test pins it at 1e-9). Written as ``feature_spec.json``.
+
+Vector layout (fixed at fit time)::
+
+    [numeric_0 .. numeric_{m-1} | cat_0: label_0 .. label_{k0-1}, <missing>, <other> | cat_1: ...]
+
+- numeric ``j``: null/NaN -> ``impute[j]``, then ``(x - mean[j]) / std[j]`` (0.0 where ``std[j]`` is 0);
+- categorical: one-hot over the vocabulary ``labels`` (training frequency order, ties broken by
+  code point), then two reserved slots: ``<missing>`` (null, or the token ``__missing__``) and
+  ``<other>`` (any value not in the vocabulary: unseen in training or beyond the
+  ``max_categories`` cap). Each categorical block is ``len(labels) + 2`` wide.
 """
 
 from __future__ import annotations
@@ -15,27 +26,57 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-OTHER = "__other__"
+from mlops_ray.errors import DataError
+
+#: A categorical value that stands for null (explain writes it for nulls); never a vocabulary entry.
 MISSING = "__missing__"
+#: Name of the reserved slot of values outside the vocabulary; never a vocabulary entry.
+OTHER = "__other__"
+#: Reserved tokens, excluded from every vocabulary.
+RESERVED = frozenset({MISSING, OTHER})
+#: Layout version of feature_spec.json written by this code.
+FORMAT = 2
+
+
+def _is_null(v: object) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v))
+
+
+def category_key(v: object) -> str | None:
+    """A categorical value as the string Spark compares (``CAST(v AS STRING)``); None for null/``__missing__``."""
+    if _is_null(v):
+        return None
+    s = v if isinstance(v, str) else str(v)
+    return None if s == MISSING else s
 
 
 @dataclass(frozen=True)
 class CategoricalSpec:
-    """One categorical feature: capped vocabulary -> index -> one-hot block.
+    """One categorical feature: vocabulary -> one-hot block with two reserved slots.
 
     Attributes:
         name: feature name.
-        kept: values kept by the vocabulary cap (others become ``__other__``); nulls are ``__missing__``.
-        labels: StringIndexer labels in index order (frequencyDesc, ties alphabetical).
-        width: one-hot width as Spark builds it: len(labels) slots, then the StringIndexer's
-            unseen bucket (index len(labels)), then OneHotEncoder's own invalid slot (always 0 here,
-            since StringIndexer already maps unseen values into range).
+        labels: the vocabulary in index order (training frequency descending, ties by code point);
+            at most ``max_categories`` values, never a reserved token.
     """
 
     name: str
-    kept: tuple[str, ...]
     labels: tuple[str, ...]
-    width: int
+
+    @property
+    def width(self) -> int:
+        """Block width: one slot per label, then ``<missing>`` and ``<other>``."""
+        return len(self.labels) + 2
+
+    @property
+    def missing_slot(self) -> int:
+        """Offset of the ``<missing>`` slot inside the block."""
+        return len(self.labels)
+
+    @property
+    def other_slot(self) -> int:
+        """Offset of the ``<other>`` slot (unseen or capped values) inside the block."""
+        return len(self.labels) + 1
 
 
 @dataclass(frozen=True)
@@ -44,10 +85,14 @@ class FeatureSpec:
 
     Attributes:
         numeric: numeric feature names, in order.
-        impute: surrogate value per numeric feature (Spark ML Imputer, train split only).
-        mean, std: StandardScaler statistics per numeric feature (std is the sample std, n-1).
+        impute: value that replaces null/NaN per numeric feature (exact median, or exact mean, of the
+            non-null training values; :mod:`mlops_ray.preprocess.value_counts`).
+        mean, std: scaling statistics per numeric feature after imputation, computed exactly from the
+            training value counts (std is the sample standard deviation, n - 1 in the denominator).
         categorical: one :class:`CategoricalSpec` per categorical feature, in order.
         timezone: IANA zone used for calendar features.
+        input_columns: the raw record columns serving accepts.
+        format: layout version of the JSON (:data:`FORMAT`).
     """
 
     numeric: tuple[str, ...]
@@ -57,6 +102,7 @@ class FeatureSpec:
     categorical: tuple[CategoricalSpec, ...]
     timezone: str
     input_columns: tuple[str, ...] = field(default=())
+    format: int = FORMAT
 
     @property
     def width(self) -> int:
@@ -65,11 +111,10 @@ class FeatureSpec:
 
     @property
     def feature_names(self) -> list[str]:
-        """Name of each slot of the feature vector, in order (``dest=JFK``, ``dest=<unseen>``)."""
+        """Name of each slot of the feature vector, in order (``dest=JFK``, ``dest=<missing>``, ``dest=<other>``)."""
         names = list(self.numeric)
         for c in self.categorical:
-            names += [f"{c.name}={v}" for v in c.labels] + [f"{c.name}=<unseen>"]
-            names += [f"{c.name}=<invalid{i}>" for i in range(c.width - len(c.labels) - 1)]
+            names += [f"{c.name}={v}" for v in c.labels] + [f"{c.name}=<missing>", f"{c.name}=<other>"]
         return names
 
     # -------------------------------------------------------------- persistence
@@ -78,11 +123,18 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
-        cats = tuple(CategoricalSpec(name=c["name"], kept=tuple(c["kept"]), labels=tuple(c["labels"]),
-                                     width=int(c["width"])) for c in d["categorical"])
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            DataError: the JSON has another layout version (written by an older mlops_ray).
+        """
+        if d.get("format") != FORMAT:
+            raise DataError(f"feature spec has layout format {d.get('format', 1)}, expected {FORMAT}; it was written "
+                            "by an older mlops_ray. Re-run `mlops-ray preprocess` (and retrain) to rebuild it.")
+        cats = tuple(CategoricalSpec(name=c["name"], labels=tuple(c["labels"])) for c in d["categorical"])
         return cls(numeric=tuple(d["numeric"]), impute=tuple(d["impute"]), mean=tuple(d["mean"]),
                    std=tuple(d["std"]), categorical=cats, timezone=d["timezone"],
-                   input_columns=tuple(d.get("input_columns", ())))
+                   input_columns=tuple(d.get("input_columns", ())), format=int(d["format"]))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
@@ -122,14 +174,12 @@ class FeatureSpec:
             sd = self.std[j]
             out[:, j] = (x - self.mean[j]) / sd if sd != 0.0 else 0.0
         col = len(self.numeric)
+        rows = np.arange(n)
         for c in self.categorical:
-            kept = set(c.kept)
             index = {v: i for i, v in enumerate(c.labels)}
-            for r, v in enumerate(frame[c.name].tolist()):
-                if v is None or (isinstance(v, float) and np.isnan(v)):
-                    v = MISSING
-                elif v not in kept and v != MISSING:
-                    v = OTHER
-                out[r, col + index.get(v, len(c.labels))] = 1.0
+            slots = np.fromiter(
+                (c.missing_slot if k is None else index.get(k, c.other_slot)
+                 for k in map(category_key, frame[c.name].tolist())), dtype=np.int64, count=n)
+            out[rows, col + slots] = 1.0
             col += c.width
         return out

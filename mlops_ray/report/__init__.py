@@ -189,10 +189,10 @@ best trial: {{ tune.family or "?" }} (validation {{ tune.metric or "roc_auc" }} 
 {% if reference %}<section><h2>Drift reference (training split, {{ reference.rows }} rows)</h2>
 <table><tr><th>numeric feature</th><th>null share</th><th>mean</th><th>min</th><th>median</th><th>max</th></tr>
 {% for k, v in reference.numeric.items() %}<tr><td>{{ k }}</td><td>{{ fmt(v.null_share, 3) }}</td><td>{{ fmt(v.mean, 2) }}</td>
-<td>{{ fmt(v.deciles[0], 2) }}</td><td>{{ fmt(v.deciles[5], 2) }}</td><td>{{ fmt(v.deciles[10], 2) }}</td></tr>{% endfor %}</table>
+<td>{{ fmt(v.min, 2) }}</td><td>{{ fmt(v.median, 2) }}</td><td>{{ fmt(v.max, 2) }}</td></tr>{% endfor %}</table>
 <table><tr><th>categorical feature</th><th>null share</th><th>most frequent values (share)</th></tr>
 {% for k, v in reference.categorical.items() %}<tr><td>{{ k }}</td><td>{{ fmt(v.null_share, 3) }}</td>
-<td>{% for t in v.top[:6] %}{{ t.value }} ({{ fmt(t.share, 3) }}) {% endfor %}</td></tr>{% endfor %}</table>
+<td>{% for t in v.categories[:6] %}{{ t.value }} ({{ fmt(t.share, 3) }}) {% endfor %}</td></tr>{% endfor %}</table>
 </section>{% endif %}
 </main></body></html>
 """

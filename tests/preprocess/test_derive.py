@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from mlops_ray.config import OUTCOME_COLUMNS
+from mlops_ray.errors import DataError
 from mlops_ray.preprocess.derive import DERIVED_FROM, INPUT_SCHEMA, pandas_flights_with_lookups, pandas_weather_hour
 from mlops_ray.preprocess.feature_spec import CategoricalSpec, FeatureSpec
 
@@ -63,25 +66,47 @@ def test_missing_lookup_rows_give_nulls_not_errors():
 
 def _spec():
     return FeatureSpec(numeric=("a", "b"), impute=(10.0, 0.0), mean=(5.0, 1.0), std=(2.0, 0.0),
-                       categorical=(CategoricalSpec("c", kept=("x", "y"), labels=("x", "__other__", "y"), width=5),),
-                       timezone=TZ)
+                       categorical=(CategoricalSpec("c", labels=("y", "x")),), timezone=TZ)
 
 
-def test_feature_spec_impute_scale_and_unseen():
-    frame = pd.DataFrame({"a": [7.0, None], "b": [3.0, 4.0], "c": ["y", "never-seen"]})
+def test_feature_spec_impute_scale_and_reserved_slots():
+    frame = pd.DataFrame({"a": [7.0, None, np.nan], "b": [3.0, 4.0, 5.0], "c": ["x", "never-seen", None]})
     X = _spec().transform(frame)
-    assert X.shape == (2, 7)
-    np.testing.assert_allclose(X[0], [1.0, 0.0, 0, 0, 1, 0, 0])  # (7-5)/2; std 0 -> 0 (as Spark)
-    np.testing.assert_allclose(X[1], [2.5, 0.0, 0, 1, 0, 0, 0])  # imputed 10; unseen -> __other__
+    assert X.shape == (3, 2 + 4)  # width fixed at fit time: 2 labels + <missing> + <other>
+    np.testing.assert_array_equal(X[0], [1.0, 0.0, 0, 1, 0, 0])  # (7-5)/2; std 0 -> 0 (as Spark)
+    np.testing.assert_array_equal(X[1], [2.5, 0.0, 0, 0, 0, 1])  # None imputed 10; unseen -> <other>
+    np.testing.assert_array_equal(X[2], [2.5, 0.0, 0, 0, 1, 0])  # NaN imputed 10; null -> <missing>
 
 
-def test_feature_spec_null_goes_to_unseen_bucket_when_missing_not_in_vocab():
-    X = _spec().transform(pd.DataFrame({"a": [5.0], "b": [1.0], "c": [None]}))
-    np.testing.assert_allclose(X[0, 2:], [0, 0, 0, 1, 0])
+@pytest.mark.parametrize("value, slot", [("y", 0), ("x", 1), (None, 2), (np.nan, 2), ("__missing__", 2),
+                                         ("__other__", 3), ("X", 3), ("", 3)],
+                         ids=["label 0", "label 1", "None", "NaN", "missing token", "other token", "case differs",
+                              "empty string"])
+def test_feature_spec_categorical_slot_of_each_kind_of_value(value, slot):
+    X = _spec().transform(pd.DataFrame({"a": [5.0], "b": [1.0], "c": [value]}))
+    expected = np.zeros(4)
+    expected[slot] = 1.0
+    np.testing.assert_array_equal(X[0, 2:], expected)
 
 
 def test_feature_spec_round_trip(tmp_path):
     spec = _spec()
     spec.save(tmp_path / "f.json")
     assert FeatureSpec.load(tmp_path / "f.json") == spec
-    assert spec.feature_names[:3] == ["a", "b", "c=x"]
+    assert spec.feature_names == ["a", "b", "c=y", "c=x", "c=<missing>", "c=<other>"]
+
+
+def test_feature_spec_of_an_older_layout_is_refused_with_the_fix(tmp_path):
+    old = _spec().to_dict()
+    old.pop("format")
+    (tmp_path / "f.json").write_text(json.dumps(old))
+    with pytest.raises(DataError, match=r"layout format 1, expected 2.*Re-run `mlops-ray preprocess`"):
+        FeatureSpec.load(tmp_path / "f.json")
+
+
+def test_route_is_null_when_origin_or_dest_is_null():
+    w = pd.DataFrame(columns=["origin", "weather_hour", "temp"]).astype({"weather_hour": "datetime64[us, UTC]"})
+    p = pd.DataFrame(columns=["tailnum", "plane_year", "seats", "engines"])
+    out = pandas_flights_with_lookups(_records(origin=None), w, p, TZ)
+    assert pd.isna(out["route"].iloc[0])
+    assert pandas_flights_with_lookups(_records(), w, p, TZ)["route"].iloc[0] == "EWR-SFO"
