@@ -78,6 +78,22 @@ class _Checks:
         if not hasattr(self, "n_reference_"):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(reference) first.")
 
+    def _null_rate(self, rep: dict[str, Any], rows: int, non_null: int) -> None:
+        """Null rate and its change against the reference into ``rep`` (a reason when beyond the threshold)."""
+        rep["null_rate"] = float(1 - non_null / rows)
+        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
+        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
+            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
+                                  f"reference (change > {self.null_rate_threshold})")
+
+    def _too_few(self, rep: dict[str, Any], non_null: int, skipped: str) -> bool:
+        """Mark ``rep`` when fewer than ``min_rows`` non-null values; True when it was."""
+        if non_null >= self.min_rows:
+            return False
+        rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
+        rep["reasons"].append(f"{non_null} non-null values (< min_rows {self.min_rows}): {skipped} not computed")
+        return True
+
 
 class NumericDriftDetector(_Checks):
     """PSI + KS + null-rate change for one numeric feature.
@@ -152,14 +168,8 @@ class NumericDriftDetector(_Checks):
             rep["status"] = "insufficient_data"
             rep["reasons"].append("empty window")
             return rep
-        rep["null_rate"] = float(1 - ok.size / x.size)
-        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
-        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
-            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
-                                  f"reference (change > {self.null_rate_threshold})")
-        if ok.size < self.min_rows:
-            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
-            rep["reasons"].append(f"{ok.size} non-null values (< min_rows {self.min_rows}): PSI and KS not computed")
+        self._null_rate(rep, x.size, ok.size)
+        if self._too_few(rep, ok.size, "PSI and KS"):
             return rep
         rep["psi"] = psi(self.reference_counts_, bin_counts(ok, self.edges_))
         if rep["psi"] > self.psi_threshold:
@@ -189,14 +199,8 @@ class NumericDriftDetector(_Checks):
                                "null_rate_change": None, "reasons": []}
         if rows == 0:
             return {**rep, "status": "insufficient_data", "reasons": ["empty window"]}
-        rep["null_rate"] = nulls / rows
-        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
-        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
-            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
-                                  f"reference (change > {self.null_rate_threshold})")
-        if non_null < self.min_rows:
-            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
-            rep["reasons"].append(f"{non_null} non-null values (< min_rows {self.min_rows}): PSI not computed")
+        self._null_rate(rep, rows, non_null)
+        if self._too_few(rep, non_null, "PSI"):
             return rep
         rep["psi"] = psi(self.reference_counts_, c)
         if rep["psi"] > self.psi_threshold:
@@ -258,11 +262,7 @@ class CategoricalDriftDetector(_Checks):
             rep["status"] = "insufficient_data"
             rep["reasons"].append("empty window")
             return rep
-        rep["null_rate"] = float(1 - ok.size / s.size)
-        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
-        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
-            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
-                                  f"reference (change > {self.null_rate_threshold})")
+        self._null_rate(rep, s.size, ok.size)
         if ok.size:
             known = ok.isin(self.categories_)
             rep["new_category_share"] = float(1 - known.mean())
@@ -270,9 +270,7 @@ class CategoricalDriftDetector(_Checks):
             if rep["new_category_share"] > self.new_category_threshold:
                 rep["reasons"].append(f"{rep['new_category_share']:.3f} of rows have categories the reference never "
                                       f"saw (> {self.new_category_threshold})")
-        if ok.size < self.min_rows:
-            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
-            rep["reasons"].append(f"{ok.size} non-null values (< min_rows {self.min_rows}): tests not computed")
+        if self._too_few(rep, ok.size, "tests"):
             return rep
         vc = ok.value_counts()
         self._tests(rep, np.array([float(vc.get(c, 0)) for c in self.categories_]
@@ -311,20 +309,14 @@ class CategoricalDriftDetector(_Checks):
                                "reasons": []}
         if rows == 0:
             return {**rep, "status": "insufficient_data", "reasons": ["empty window"]}
-        rep["null_rate"] = nulls / rows
-        rep["null_rate_change"] = rep["null_rate"] - self.reference_null_rate_
-        if abs(rep["null_rate_change"]) > self.null_rate_threshold:
-            rep["reasons"].append(f"null rate {rep['null_rate']:.3f} vs {self.reference_null_rate_:.3f} in the "
-                                  f"reference (change > {self.null_rate_threshold})")
+        self._null_rate(rep, rows, non_null)
         if non_null:
             rep["new_category_share"] = sum(unseen.values()) / non_null
             rep["new_categories"] = sorted(unseen)[:20]
             if rep["new_category_share"] > self.new_category_threshold:
                 rep["reasons"].append(f"{rep['new_category_share']:.3f} of rows have categories the reference never "
                                       f"saw (> {self.new_category_threshold})")
-        if non_null < self.min_rows:
-            rep["status"] = "drift" if rep["reasons"] else "insufficient_data"
-            rep["reasons"].append(f"{non_null} non-null values (< min_rows {self.min_rows}): tests not computed")
+        if self._too_few(rep, non_null, "tests"):
             return rep
         self._tests(rep, np.array([float(known[c]) for c in self.categories_] + [float(sum(unseen.values()))]))
         rep["status"] = "drift" if rep["reasons"] else "ok"
