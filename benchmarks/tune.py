@@ -69,10 +69,13 @@ def _joblib(configs, data) -> float:
 def _tune(configs, data, reuse_actors: bool, storage: str) -> float:
     from ray import tune
 
-    from mlops_ray.tune.trial import TrialSettings, run_trial
+    from mlops_ray.config import TuneConfig
+    from mlops_ray.tune.trial import TrialSettings, run_trial, scheduler_milestones
 
     X, y, Xv, yv = data
-    settings = TrialSettings(metric="roc_auc", seed=0, cpus=1, iterations_per_report=25)
+    d = TuneConfig()  # the defaults: a report every 25 iterations, checkpoints where ASHA could stop a trial
+    settings = TrialSettings(metric="roc_auc", seed=0, cpus=1, iterations_per_report=d.iterations_per_report,
+                             checkpoint_at=scheduler_milestones(d.asha_grace_period, d.asha_reduction_factor))
 
     def trainable(config, data=None):
         run_trial(config["cfg"], data, settings)  # the grid is over whole trial configs

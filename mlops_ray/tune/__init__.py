@@ -32,7 +32,7 @@ from mlops_ray.config import TuneConfig
 from mlops_ray.errors import TuneError
 from mlops_ray.home import Home
 from mlops_ray.tune.resources import check_resources
-from mlops_ray.tune.trial import TrialSettings, report_trial, run_trial, validation_metrics
+from mlops_ray.tune.trial import TrialSettings, report_trial, run_trial, scheduler_milestones, validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,9 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         data_refs = {"X_train": X_tr, "y_train": y_tr, "X_val": X_va, "y_val": y_va}
         settings = TrialSettings(metric=cfg.metric, seed=cfg.seed, cpus=cfg.threads_per_trial,
                                  class_weight=cfg.class_weight, iterations_per_report=cfg.iterations_per_report,
-                                 time_limit_s=cfg.time_limit_per_trial_s, attempts_dir=str(exp_root / "attempts"))
+                                 time_limit_s=cfg.time_limit_per_trial_s, attempts_dir=str(exp_root / "attempts"),
+                                 checkpoint_at=scheduler_milestones(cfg.asha_grace_period, cfg.asha_reduction_factor)
+                                 if cfg.early_stopping == "asha" else ())
         trainable = _trainable(settings, data_refs, cfg)
         exp_root.mkdir(parents=True, exist_ok=True)
         exp_path = exp_root / "experiment"
@@ -298,7 +300,8 @@ def _summarise(grid, cfg: TuneConfig, out: Path, elapsed_s: float) -> dict[str, 
                                                 "node_id")},
                        "stopped_early": bool(stopped_early),
                        "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None})
-        if r in ok and (fam not in family_best or sign * m[cfg.metric] > sign * family_best[fam]["score"]):
+        if r in ok and r.checkpoint is not None and \
+                (fam not in family_best or sign * m[cfg.metric] > sign * family_best[fam]["score"]):
             family_best[fam] = {"score": m[cfg.metric], "params": r.config.get(fam), "trial_id": m.get("trial_id"),
                                 "iterations": m.get("iterations"), "_result": r}
     for fam, fb in family_best.items():
@@ -308,6 +311,11 @@ def _summarise(grid, cfg: TuneConfig, out: Path, elapsed_s: float) -> dict[str, 
             dest = out / "family_best" / fam
             dest.mkdir(parents=True)
             shutil.copy(src, dest / src.name)
+            saved = json.loads((Path(d) / "params.json").read_text())
+        if saved.get("iterations") != fb["iterations"] and saved.get("scores"):
+            # checkpoints are written where the trial may end (ASHA rungs, last step); should a trial still end
+            # elsewhere, hand over what the checkpoint holds and say so with its own score and iterations
+            fb.update(score=saved["scores"][cfg.metric], iterations=saved["iterations"])
         fb["model_path"] = str((dest / src.name).relative_to(out))
     best_family = max(family_best, key=lambda f: sign * family_best[f]["score"])
     best = family_best[best_family]

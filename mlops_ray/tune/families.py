@@ -64,8 +64,8 @@ def build_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int 
 
 def fit_in_steps(family: str, params: dict[str, Any], X, y, *, seed: int, n_jobs: int = 1,
                  class_weight: str | None = None, iterations_per_report: int = 25,
-                 on_step: Callable[[Any, int], None] | None = None, stop: threading.Event | None = None):
-    """Fit ``family`` on ``X`` (n_rows, n_features) and ``y`` (n_rows,), calling ``on_step(model, iterations)``.
+                 on_step: Callable[[Any, int, bool], None] | None = None, stop: threading.Event | None = None):
+    """Fit ``family`` on ``X`` (n_rows, n_features) and ``y`` (n_rows,), calling ``on_step(model, iterations, final)``.
 
     ``iterations`` is the training done so far: boosting iterations, epochs, or 1 for a one-shot
     family. The returned model equals one fitted in a single call with the same parameters.
@@ -73,7 +73,7 @@ def fit_in_steps(family: str, params: dict[str, Any], X, y, *, seed: int, n_jobs
     Raises:
         StopTraining: ``stop`` was set (checked between steps and, for Keras, between batches).
     """
-    on_step = on_step or (lambda model, it: None)
+    on_step = on_step or (lambda model, it, final: None)
     stop = stop or threading.Event()
     model = build_estimator(family, params, seed, n_jobs=n_jobs, class_weight=class_weight)
     if family == "hist_gradient_boosting":
@@ -86,14 +86,14 @@ def fit_in_steps(family: str, params: dict[str, Any], X, y, *, seed: int, n_jobs
             done = min(total, done + iterations_per_report)
             model.set_params(max_iter=done)
             model.fit(X, y)
-            on_step(model, done)
+            on_step(model, done, done >= total)
         model.set_params(warm_start=False, max_iter=total)
         return model
     if family == "keras_mlp":
         model.fit(X, y, on_epoch=on_step, stop=stop)
         return model
     model.fit(X, y)
-    on_step(model, 1)
+    on_step(model, 1, True)
     return model
 
 
@@ -107,7 +107,7 @@ def _tensorflow():
     return tf
 
 
-def _tune_keras_callback(on_epoch: Callable[[Any, int], None], owner: "KerasMLPClassifier",
+def _tune_keras_callback(on_epoch: Callable[[Any, int, bool], None], owner: "KerasMLPClassifier",
                          stop: threading.Event):
     """Ray Tune's Keras callback (``TuneReportCheckpointCallback``), reporting through ``on_epoch``.
 
@@ -123,7 +123,7 @@ def _tune_keras_callback(on_epoch: Callable[[Any, int], None], owner: "KerasMLPC
 
         def _handle(self, logs, when):
             owner.epochs_done_ += 1
-            on_epoch(owner, owner.epochs_done_)
+            on_epoch(owner, owner.epochs_done_, owner.epochs_done_ >= int(owner.epochs))
             if stop.is_set():
                 self.model.stop_training = True
 
@@ -163,8 +163,8 @@ class KerasMLPClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.class_weight = class_weight
 
-    def fit(self, X, y, on_epoch: Callable[[Any, int], None] | None = None, stop: threading.Event | None = None):
-        """Train on ``X`` (n_rows, n_features) and 0/1 ``y`` (n_rows,); ``on_epoch(self, epochs_done)`` after each epoch.
+    def fit(self, X, y, on_epoch: Callable[[Any, int, bool], None] | None = None, stop: threading.Event | None = None):
+        """Train on ``X`` (n_rows, n_features) and 0/1 ``y``; ``on_epoch(self, epochs_done, last)`` after each epoch.
 
         Raises:
             StopTraining: ``stop`` was set before the first epoch ended.

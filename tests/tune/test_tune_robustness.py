@@ -113,3 +113,10 @@ def test_an_unknown_metric_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"tune.metric: Input should be 'roc_auc', 'pr_auc', 'f1' or 'log_loss'"):
         config_from_mapping({"tune": {"metric": "accuracy"}})
+
+
+def test_checkpoints_are_written_at_asha_rungs_and_the_last_step_only():
+    from mlops_ray.tune.trial import scheduler_milestones
+
+    assert scheduler_milestones(2, 3.0, max_t=100) == (2, 6, 18, 54)
+    assert scheduler_milestones(1, 2.0, max_t=20) == (1, 2, 4, 8, 16)
