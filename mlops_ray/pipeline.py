@@ -345,14 +345,16 @@ def _validate(cfg, sessions, record, home):
     from mlops_ray.validate import run_validate
 
     ing = record.outputs("ingest")
-    return _asdict(run_validate(cfg.validate_, lambda: sessions.spark, ing["path"], ing["key"], home))
+    return _asdict(run_validate(cfg.validate_, lambda: sessions.spark, ing["path"], ing["key"], home,
+                                table=cfg.ingest.main_table))
 
 
 def _preprocess(cfg, sessions, record, home):
     from mlops_ray.preprocess import run_preprocess
 
     ing, val = record.outputs("ingest"), record.outputs("validate")
-    return _asdict(run_preprocess(cfg.preprocess, lambda: sessions.spark, ing["path"], val["path"], val["key"], home))
+    return _asdict(run_preprocess(cfg.preprocess, lambda: sessions.spark, ing["path"], val["path"], val["key"], home,
+                                  table=cfg.ingest.main_table))
 
 
 def _tune(cfg, sessions, record, home):

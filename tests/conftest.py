@@ -42,6 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The Serve HTTP port of the session's local Ray (one Serve proxy per cluster: every application
+#: deployed in the test session answers there, each under its own route prefix).
+SERVE_PORT = free_port()
+
+
 def pids_under(temp_dir: str) -> list[int]:
     """Processes of a cluster started in ``temp_dir``: it is in their command line, working dir or open files.
 
@@ -127,7 +132,7 @@ def pipeline_run(sessions, tmp_path_factory):
     from mlops_ray.pipeline import run_pipeline
 
     home = Home.resolve(tmp_path_factory.mktemp("home")).ensure()
-    cfg = config_from_mapping(sample_config_mapping(free_port(), sessions.engines.ray.metrics_export_port))
+    cfg = config_from_mapping(sample_config_mapping(SERVE_PORT, sessions.engines.ray.metrics_export_port))
     record = run_pipeline(cfg, sessions=sessions, home=home, release_spark=False)
     return cfg, home, record
 

@@ -111,14 +111,14 @@ def explanation(cfg: ExplainConfig, estimator, spec: FeatureSpec, derived: pd.Da
 
 def run_explain(cfg: ExplainConfig, estimator, preprocess_path: str, out_dir: str | Path) -> ExplainResult:
     """Explain the model on a sample of test rows; writes ``explain.json`` into ``out_dir``."""
-    from mlops_ray.preprocess.derive import INPUT_SCHEMA
     from mlops_ray.preprocess.records import RecordTransformer
 
-    test = pd.read_parquet(Path(preprocess_path) / "data" / "test", columns=[*INPUT_SCHEMA, "label"])
+    transformer = RecordTransformer.from_dir(preprocess_path)
+    inputs = list(transformer.spec.inputs)
+    test = pd.read_parquet(Path(preprocess_path) / "data" / "test", columns=[*inputs, "label"])
     if len(test) > cfg.n_rows:
         test = test.sample(n=cfg.n_rows, random_state=cfg.seed)
-    transformer = RecordTransformer.from_dir(preprocess_path)
-    derived = transformer.derived(test[list(INPUT_SCHEMA)])
+    derived = transformer.derived(test[inputs])
     result = explanation(cfg, estimator, transformer.spec, derived, test["label"].to_numpy())
     out = Path(out_dir) / "explain.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -202,7 +202,7 @@ def _write_tables(cfg: IngestConfig, session: "SparkSession", out: Path) -> dict
     rows = {}
     for name, src in cfg.tables.items():
         df = table_frame(session, name, src)
-        if name == "flights" and cfg.sample_fraction < 1.0:
+        if name == cfg.main_table and cfg.sample_fraction < 1.0:
             df = df.sample(fraction=cfg.sample_fraction, seed=cfg.sample_seed)
         df.write.mode("overwrite").parquet(str(out / name))
         rows[name] = session.read.parquet(str(out / name)).count()
@@ -236,8 +236,9 @@ def _ingest_tables(cfg: IngestConfig, spark: "Callable[[], SparkSession]", home:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     rows = json.loads((entry.path / "counts.json").read_text())
-    if rows["flights"] == 0:
-        raise DataError(f"ingest: the flights table from its {cfg.tables['flights'].type} source has no rows; "
-                        f"expected at least one. Check ingest.tables.flights.")
+    main = cfg.main_table
+    if rows[main] == 0:
+        raise DataError(f"ingest: the main table '{main}' from its {cfg.tables[main].type} source has no rows; "
+                        f"expected at least one. Check ingest.tables.{main}.")
     logger.info("ingest: %s (cache %s)", rows, "hit" if entry.hit else "miss")
     return IngestResult(path=str(entry.path), key=key, rows=rows, cache_hit=entry.hit)

@@ -67,7 +67,7 @@ def drift_report(spark: "SparkSession", records: "DataFrame", model_dir: str | P
             references existed), or a feature holds an infinite value.
     """
     from mlops_ray.preprocess import load_feature_spec
-    from mlops_ray.preprocess.derive import spark_flights_with_lookups
+    from mlops_ray.preprocess.recipes import spark_derived
     from mlops_ray.preprocess.reference import bin_index
     from mlops_ray.preprocess.value_counts import spark_value_counts
 
@@ -78,9 +78,7 @@ def drift_report(spark: "SparkSession", records: "DataFrame", model_dir: str | P
                         "mlops_ray (its preprocess writes the drift reference).")
     ref = json.loads(ref_path.read_text())
     spec = load_feature_spec(model_dir)
-    weather = spark.read.parquet(str(model_dir / "lookups" / "weather"))
-    planes = spark.read.parquet(str(model_dir / "lookups" / "planes"))
-    joined = spark_flights_with_lookups(records, weather, planes, spec.timezone)
+    joined = spark_derived(spark, records, spec, model_dir / "lookups")
     counts = spark_value_counts(joined, tuple(ref["numeric"]), tuple(ref["categorical"]))
     features: dict[str, Any] = {}
     for name, r in ref["numeric"].items():

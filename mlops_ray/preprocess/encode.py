@@ -56,7 +56,9 @@ def vocabularies(counts: ValueCounts, max_categories: int) -> dict[str, tuple[st
 
 def feature_spec_from_counts(counts: ValueCounts, numeric: tuple[str, ...], categorical: tuple[str, ...],
                              max_categories: int, impute_strategy: str, timezone: str,
-                             input_columns: tuple[str, ...]) -> FeatureSpec:
+                             input_columns: tuple[str, ...], recipe: str = "flights",
+                             input_schema: tuple[tuple[str, str, bool], ...] = (),
+                             outcome_columns: tuple[str, ...] = ()) -> FeatureSpec:
     """The fitted transform from the training split's exact value counts.
 
     Imputation value: the exact median (type 7) or exact mean of the non-null values; scaling: exact mean
@@ -79,7 +81,8 @@ def feature_spec_from_counts(counts: ValueCounts, numeric: tuple[str, ...], cate
     vocab = vocabularies(counts, max_categories)
     return FeatureSpec(numeric=tuple(numeric), impute=tuple(impute), mean=tuple(mean), std=tuple(std),
                        categorical=tuple(CategoricalSpec(name=n, labels=vocab[n]) for n in categorical),
-                       timezone=timezone, input_columns=input_columns)
+                       timezone=timezone, input_columns=input_columns, recipe=recipe, input_schema=input_schema,
+                       outcome_columns=outcome_columns)
 
 
 def encoder_statement(spec: FeatureSpec) -> str:

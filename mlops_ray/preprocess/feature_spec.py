@@ -93,6 +93,13 @@ class FeatureSpec:
         timezone: IANA zone used for calendar features.
         input_columns: the raw record columns serving accepts.
         format: layout version of the JSON (:data:`FORMAT`).
+        recipe: how raw records become the features above (``preprocess.recipe``): ``flights`` (derived
+            calendar features and lookups, :mod:`.derive`) or ``table`` (the features are input columns).
+        input_schema: the serving input schema, ``(name, type, required)`` per raw column, type one of
+            ``integer``, ``number``, ``string``, ``boolean`` (JSON types); empty in specs written before it
+            existed (the flights schema then).
+        outcome_columns: raw columns known only after the fact (the label's source); a request carrying
+            one is refused, naming it.
     """
 
     numeric: tuple[str, ...]
@@ -103,6 +110,18 @@ class FeatureSpec:
     timezone: str
     input_columns: tuple[str, ...] = field(default=())
     format: int = FORMAT
+    recipe: str = "flights"
+    input_schema: tuple[tuple[str, str, bool], ...] = ()
+    outcome_columns: tuple[str, ...] = ()
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, bool]]:
+        """The serving input schema: raw column -> (JSON type, required), in order."""
+        if self.input_schema:
+            return {n: (t, bool(r)) for n, t, r in self.input_schema}
+        from mlops_ray.preprocess.derive import INPUT_SCHEMA
+
+        return dict(INPUT_SCHEMA)
 
     @property
     def width(self) -> int:
@@ -134,7 +153,10 @@ class FeatureSpec:
         cats = tuple(CategoricalSpec(name=c["name"], labels=tuple(c["labels"])) for c in d["categorical"])
         return cls(numeric=tuple(d["numeric"]), impute=tuple(d["impute"]), mean=tuple(d["mean"]),
                    std=tuple(d["std"]), categorical=cats, timezone=d["timezone"],
-                   input_columns=tuple(d.get("input_columns", ())), format=int(d["format"]))
+                   input_columns=tuple(d.get("input_columns", ())), format=int(d["format"]),
+                   recipe=d.get("recipe", "flights"),
+                   input_schema=tuple((n, t, bool(r)) for n, t, r in d.get("input_schema", ())),
+                   outcome_columns=tuple(d.get("outcome_columns", ())))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))

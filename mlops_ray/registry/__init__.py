@@ -133,23 +133,25 @@ def stage_artifacts(dest: Path, *, model_path: str, preprocess_path: str, extra_
     shutil.copy(Path(preprocess_path) / "data" / "manifest.json", dest / "manifest.json")
     if (Path(preprocess_path) / "reference_stats.json").is_file():  # the drift reference, for monitoring
         shutil.copy(Path(preprocess_path) / "reference_stats.json", dest / "reference_stats.json")
-    shutil.copytree(Path(preprocess_path) / "lookups", dest / "lookups",
-                    ignore=shutil.ignore_patterns("_SUCCESS", ".*.crc"))
+    if (Path(preprocess_path) / "lookups").is_dir():  # the flights recipe's lookup tables
+        shutil.copytree(Path(preprocess_path) / "lookups", dest / "lookups",
+                        ignore=shutil.ignore_patterns("_SUCCESS", ".*.crc"))
     for name, src in extra_files.items():
         shutil.copy(src, dest / name)
     (dest / "version.json").write_text(json.dumps(version_info, indent=2, sort_keys=True, default=str))
     return sha256_dir(dest)
 
 
-def _signature():
+def _signature(preprocess_path: str):
+    """MLflow signature of the pyfunc model: the serving input schema of the version's feature spec."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from mlops_ray.preprocess.derive import INPUT_SCHEMA
+    from mlops_ray.preprocess import load_feature_spec
 
-    kinds = {"integer": "long", "number": "double", "string": "string"}
+    kinds = {"integer": "long", "number": "double", "string": "string", "boolean": "boolean"}
     cols = [ColSpec("double" if (k == "integer" and not req) else kinds[k], name, required=req)
-            for name, (k, req) in INPUT_SCHEMA.items()]
+            for name, (k, req) in load_feature_spec(preprocess_path).inputs.items()]
     return ModelSignature(inputs=Schema(cols), outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]))
 
 
@@ -213,7 +215,7 @@ def run_register(cfg: RegisterConfig, home: Home, *, model_path: str, preprocess
                 model_info = mlflow.pyfunc.log_model(
                     name=ARTIFACT_NAME, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                     artifacts={MODEL_DIR: str(staged)}, code_paths=[str(Path(__file__).resolve().parent.parent)],
-                    signature=_signature(),
+                    signature=_signature(preprocess_path),
                     pip_requirements=[f"{k}=={v}" for k, v in libs.items()
                                       if k in ("scikit-learn", "skops", "pandas", "numpy", "mlflow")
                                       or (k == "tensorflow-cpu" and Path(model_path).suffix == ".keras")]
@@ -270,14 +272,15 @@ def gate(cfg: RegisterConfig, home: Home, version: str, preprocess_path: str) ->
     import pandas as pd
 
     from mlops_ray.evaluate.bootstrap import resample_weights, weighted_roc_auc
-    from mlops_ray.preprocess.derive import INPUT_SCHEMA
+    from mlops_ray.preprocess import load_feature_spec
     from mlops_ray.serve.model import ServedModel
 
     c = client(cfg, home)
     champ = _champion_or_none(c, cfg.model_name)
     if champ is None:
         return "champion", "first version: no champion yet"
-    test = pd.read_parquet(Path(preprocess_path) / "data" / "test", columns=[*INPUT_SCHEMA, "label"])
+    inputs = list(load_feature_spec(preprocess_path).inputs)
+    test = pd.read_parquet(Path(preprocess_path) / "data" / "test", columns=[*inputs, "label"])
     y = test["label"].to_numpy()
     if len(np.unique(y)) < 2:
         return "challenger", "test split has a single class: ROC AUC undefined, champion kept"
@@ -286,7 +289,7 @@ def gate(cfg: RegisterConfig, home: Home, version: str, preprocess_path: str) ->
         for tag, v in (("candidate", version), ("champion", str(champ.version))):
             mv, local = download_version(cfg, home, f"models:/{cfg.model_name}/{v}", Path(tmp) / tag)
             probs[tag] = ServedModel.from_dir(local, name=mv.name, version=str(mv.version), alias=None) \
-                .predict_proba(test[list(INPUT_SCHEMA)])
+                .predict_proba(test[inputs])
     W = resample_weights(len(y), cfg.promotion_bootstrap, seed=0)
     diff = weighted_roc_auc(y, probs["candidate"], W) - weighted_roc_auc(y, probs["champion"], W)
     lo, hi = np.nanquantile(diff, [0.025, 0.975])

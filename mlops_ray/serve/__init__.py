@@ -32,8 +32,8 @@ class DeployResult:
 
 
 def endpoint_url(cfg: DeployConfig) -> str:
-    """Base URL of the Serve HTTP proxy, e.g. ``http://127.0.0.1:8000``."""
-    return f"http://{cfg.host}:{cfg.port}"
+    """Base URL of the application, e.g. ``http://127.0.0.1:8000`` (plus ``deploy.route_prefix`` when not ``/``)."""
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
 def wait_ready(url: str, timeout_s: float, expect_version: str | None = None) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home,
     pinned = f"models:/{name}/{mv.version}"
     t0 = time.monotonic()
     serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(model_server(cfg, register_cfg, home, pinned, alias), name=cfg.app_name, route_prefix="/",
+    serve.run(model_server(cfg, register_cfg, home, pinned, alias), name=cfg.app_name, route_prefix=cfg.route_prefix,
               blocking=False)
     url = endpoint_url(cfg)
     ready = wait_ready(url, cfg.ready_timeout_s, expect_version=str(mv.version))

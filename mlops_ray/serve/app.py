@@ -131,9 +131,10 @@ class ModelServer:
         """Count the error (and, for predict, each invalid input field) and answer it."""
         self._m_errors.inc(tags={"code": err.code})
         if err.code == "validation_error" and predict_fields:
+            inputs = self.model.transformer.spec.inputs if self.model is not None else INPUT_SCHEMA
             for f in err.fields:
                 loc = f.get("loc") or []
-                name = loc[-1] if loc and loc[-1] in INPUT_SCHEMA else UNKNOWN_FIELD_LABEL
+                name = loc[-1] if loc and loc[-1] in inputs else UNKNOWN_FIELD_LABEL
                 self._m_val.inc(tags={"field": str(name)})
         return _error_response(err, rid)
 
@@ -188,10 +189,10 @@ class ModelServer:
         t0 = time.perf_counter()
         try:
             payload = await self._json_body(request)
-            records = validate_records(payload, self.max_records)
             m, log = self.model, self.prediction_log
             if m is None or log is None:
                 raise ApiError(503, "unavailable", "no model loaded yet; retry when /readyz answers 200")
+            records = validate_records(payload, self.max_records, m.transformer.spec)
             preds = m.predictions(records)
             try:  # written before the answer: feedback must find it, whichever replica it reaches
                 await asyncio.to_thread(log.log_predictions, rid, m.name, m.version, payload["records"], preds)

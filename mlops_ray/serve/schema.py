@@ -69,6 +69,8 @@ def _type_ok(kind: str, v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, float) and v.is_integer())
     if kind == "number":
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if kind == "boolean":
+        return isinstance(v, bool)
     return isinstance(v, str)
 
 
@@ -102,8 +104,8 @@ def _range_problem(name: str, v: Any) -> str | None:
     return None
 
 
-def validate_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
-    """Check the parsed body against the input schema.
+def validate_records(payload: Any, max_records: int, spec=None) -> list[dict[str, Any]]:
+    """Check the parsed body against the input schema of ``spec`` (a FeatureSpec; None: the flights schema).
 
     Returns:
         The records, with integer fields as ``int``.
@@ -129,8 +131,11 @@ def validate_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
     if len(records) > max_records:
         raise ApiError(413, "payload_too_large", f"{len(records)} records in one request; at most {max_records} allowed")
     out = []
+    inputs = spec.inputs if spec is not None else INPUT_SCHEMA
+    outcomes = spec.outcome_columns if spec is not None and spec.outcome_columns else OUTCOME_COLUMNS
+    flights = spec is None or spec.recipe == "flights"
     for i, rec in enumerate(records):
-        clean, found = validate_record(rec, i)
+        clean, found = validate_record(rec, i, inputs, outcomes, flights)
         problems += found
         out.append(clean)
     if problems:
@@ -138,19 +143,25 @@ def validate_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
     return out
 
 
-def validate_record(rec: Any, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One record against the input schema: (clean record, problems with ``loc`` ["records", i, field])."""
+def validate_record(rec: Any, i: int, inputs: dict[str, tuple[str, bool]] = INPUT_SCHEMA,
+                    outcomes: tuple[str, ...] = OUTCOME_COLUMNS,
+                    flights: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One record against the input schema: (clean record, problems with ``loc`` ["records", i, field]).
+
+    ``inputs`` maps field -> (JSON type, required); ``outcomes`` are refused by name; ``flights`` adds the
+    flights job's range and calendar-date checks.
+    """
     problems: list[dict[str, Any]] = []
     if not isinstance(rec, dict):
         return {}, [{"loc": ["records", i], "msg": f"expected an object, got {type(rec).__name__}"}]
     clean: dict[str, Any] = {}
     for k in rec:
-        if k in OUTCOME_COLUMNS:
-            problems.append({"loc": ["records", i, k], "msg": "outcome field: only known after the flight, "
-                             "not accepted as input"})
-        elif k not in INPUT_SCHEMA:
+        if k in outcomes:
+            problems.append({"loc": ["records", i, k], "msg": "outcome field: only known after the fact "
+                             "(it is what the model predicts), not accepted as input"})
+        elif k not in inputs:
             problems.append({"loc": ["records", i, k], "msg": "unknown field"})
-    for name, (kind, required) in INPUT_SCHEMA.items():
+    for name, (kind, required) in inputs.items():
         if name not in rec or rec[name] is None:
             if required:
                 problems.append({"loc": ["records", i, name],
@@ -162,12 +173,12 @@ def validate_record(rec: Any, i: int) -> tuple[dict[str, Any], list[dict[str, An
             continue
         if kind == "integer":
             v = int(v)
-        why = _range_problem(name, v)
+        why = _range_problem(name, v) if flights else None
         if why:
             problems.append({"loc": ["records", i, name], "msg": why})
             continue
         clean[name] = v
-    if not problems and not _date_ok(clean):
+    if flights and not problems and not _date_ok(clean):
         problems.append({"loc": ["records", i, "day"],
                          "msg": f"{clean['year']}-{clean['month']:02d}-{clean['day']:02d} is not a calendar date"})
     return clean, problems
@@ -186,8 +197,9 @@ def _date_ok(rec: dict[str, Any]) -> bool:
 def input_schema_description(spec=None) -> list[dict[str, Any]]:
     """The input schema as served by ``GET /v1/model``: name, type, required, nullable, known categories."""
     cats = {c.name: list(c.labels) for c in spec.categorical} if spec is not None else {}
+    inputs = spec.inputs if spec is not None else INPUT_SCHEMA
     return [{"name": n, "type": k, "required": r, "nullable": not r,
-             **({"known_categories": cats[n]} if n in cats else {})} for n, (k, r) in INPUT_SCHEMA.items()]
+             **({"known_categories": cats[n]} if n in cats else {})} for n, (k, r) in inputs.items()]
 
 
 #: Longest request id accepted (the server truncates X-Request-ID to this too).

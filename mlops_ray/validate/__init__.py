@@ -41,7 +41,7 @@ __all__ = ["FLOAT32_MAX", "MALFORMED", "NO_OUTCOME", "ValidateResult", "dataset_
 
 logger = logging.getLogger(__name__)
 
-#: The table validate checks (the flights job's main table).
+#: The table validate checks by default (the flights job's main table; ``ingest.main_table``).
 TABLE = "flights"
 
 
@@ -85,16 +85,16 @@ def _written_counts(spark: "SparkSession", out: Path) -> tuple[int, dict[str, in
     return counts.pop(None, 0), counts
 
 
-def _build(cfg: ValidateConfig, spark: "SparkSession", source: Path, out: Path) -> None:
+def _build(cfg: ValidateConfig, spark: "SparkSession", source: Path, out: Path, table: str = TABLE) -> None:
     """Check the table at ``source``; write ``valid/``, ``quarantine/`` and ``stats.json`` under ``out``."""
-    table = spark.read.parquet(str(source))
-    plan: QuarantinePlan = quarantine_plan(cfg, table.schema)
-    rows = tagged(table, plan).cache()
+    frame = spark.read.parquet(str(source))
+    plan: QuarantinePlan = quarantine_plan(cfg, frame.schema)
+    rows = tagged(frame, plan).cache()
     try:
         stats = row_statistics(rows, plan)
         if stats["rows_in"] == 0:
-            raise DataError(f"validate: table '{TABLE}' from {source} has no rows; expected at least one. Check the "
-                            f"ingest source of '{TABLE}' (an empty file, query or API answer).")
+            raise DataError(f"validate: table '{table}' from {source} has no rows; expected at least one. Check the "
+                            f"ingest source of '{table}' (an empty file, query or API answer).")
         kept_rows(rows, plan).write.parquet(str(out / "valid"))
         quarantined_rows(rows, plan).write.parquet(str(out / "quarantine"))
     finally:
@@ -166,10 +166,11 @@ def dataset_failures(cfg: ValidateConfig, stats: dict[str, Any], now: dt.datetim
 
 
 def run_validate(cfg: ValidateConfig, spark: "Callable[[], SparkSession]", ingest_path: str, ingest_key: str,
-                 home: Home, now: dt.datetime | None = None) -> ValidateResult:
-    """Split the ingested flights into valid rows and a quarantine with reasons; apply the dataset-level checks.
+                 home: Home, now: dt.datetime | None = None, table: str = TABLE) -> ValidateResult:
+    """Split the ingested main table into valid rows and a quarantine with reasons; apply the dataset-level checks.
 
     Args:
+        table: the ingest table to check (``ingest.main_table``).
         spark: returns the SparkSession; called only when the output is not cached yet.
         now: reference instant of freshness checks without ``validate.reference_time`` (default: now, UTC).
 
@@ -181,9 +182,9 @@ def run_validate(cfg: ValidateConfig, spark: "Callable[[], SparkSession]", inges
             dataset-level check failed (quarantined share overall or per expectation, row count, freshness,
             no valid row left); the message names each failed check, the observed value and the threshold.
     """
-    key = cache_key("validate", ingest_key, cfg.fingerprint(), code_version("validate"))
-    source = Path(ingest_path) / TABLE
-    entry = cached(home, "validate", key, lambda out: _build(cfg, spark(), source, out))
+    key = cache_key("validate", ingest_key, table, cfg.fingerprint(), code_version("validate"))
+    source = Path(ingest_path) / table
+    entry = cached(home, "validate", key, lambda out: _build(cfg, spark(), source, out, table))
     stats = json.loads((entry.path / "stats.json").read_text())
     all_null = [c for c, n in stats["non_null"].items() if n == 0 and c != "_corrupt_record"]
     if all_null:

@@ -123,7 +123,7 @@ def test_local_files_hit_the_cache_without_starting_spark(spark, tmp_path):
 def test_an_empty_flights_table_is_refused(spark, api, tmp_path):
     api.routes["/none"] = lambda q, n: (200, [])
     cfg = ingest_cfg({"flights": {"type": "http", "url": api.url("/none"), "schema_ddl": FLIGHTS_DDL}})
-    with pytest.raises(DataError, match=r"the flights table from its http source has no rows; expected at least one"):
+    with pytest.raises(DataError, match=r"the main table 'flights' from its http source has no rows; expected at least one"):
         run_ingest(cfg, lambda: spark, Home.resolve(tmp_path / "home").ensure())
 
 

@@ -165,7 +165,8 @@ def test_fitted_statistics_are_identical_on_any_partitioning(spark, pipeline_run
     for df in (one, many):
         counts = spark_value_counts(df, p.numeric_features, p.categorical_features)
         spec = feature_spec_from_counts(counts, p.numeric_features, p.categorical_features, p.max_categories,
-                                        p.impute_strategy, p.timezone, written.input_columns)
+                                        p.impute_strategy, p.timezone, written.input_columns, recipe=written.recipe,
+                                        input_schema=written.input_schema, outcome_columns=written.outcome_columns)
         specs.append(spec)
         refs.append(reference_stats(counts, {c.name: c.labels for c in spec.categorical}, p.reference_bins))
     assert specs[0] == specs[1] == written  # exact equality, and equal to what preprocess wrote
