@@ -206,13 +206,17 @@ def run_pipeline(cfg: Config, *, sessions=None, run_id: str | None = None, from_
         StageError: a stage failed after its attempts; the message names the stage, the last
             error and the resume command.
         ConfigError: bad stage name or unknown run.
+        DataError: pre-flight: the main table's local files hold no row (nothing was run or recorded).
     """
     from mlops_ray.batch_metrics import export_run_metrics
+    from mlops_ray.ingest.preflight import check_inputs
     from mlops_ray.sessions import Sessions
 
     home = (home or Home.resolve()).ensure()
     os.environ[ENV_VAR] = str(home.root)
     todo = plan(from_stage, to_stage, only)  # validates the names before anything is written
+    if "ingest" in todo:
+        check_inputs(cfg.ingest)  # an empty input is refused before any stage runs
     if run_id and RunRecord.exists(home, run_id):
         record = RunRecord.load(home, run_id)
         if not (from_stage or only):

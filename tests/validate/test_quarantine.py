@@ -183,14 +183,34 @@ def test_flights_csv_with_malformed_lines_through_the_pipeline_is_accounted_in_t
     assert sorted(r["reason_value"] for r in rows if r["reason"] == "malformed_line") == sorted(malformed)
 
 
-def test_an_empty_source_fails_at_ingest_before_any_later_stage(sessions, tmp_path):
+def test_an_empty_source_is_refused_before_any_stage_runs(sessions, tmp_path):
+    from mlops_ray.config import config_from_mapping
+    from mlops_ray.errors import DataError
+    from mlops_ray.home import Home
+    from mlops_ray.pipeline import run_pipeline
+
+    src = tmp_path / "flights.csv"
+    src.write_text("year,month\n\n")  # a header and no row
+    cfg = config_from_mapping({"ingest": {"source": "tables", "tables": {"flights": {
+        "type": "file", "path": str(src), "format": "csv", "schema_ddl": "year INT, month INT"}}}})
+    home = Home.resolve(tmp_path / "home").ensure()
+    with pytest.raises(DataError, match=rf"pre-flight: the main table 'flights' has no rows: its csv source {src} "
+                                        r"holds only empty or header-only files\. No stage was run"):
+        run_pipeline(cfg, sessions=sessions, home=home, to_stage="validate", release_spark=False)
+    assert not list(home.runs_dir().glob("*/run.json"))  # nothing ran, nothing recorded
+
+
+def test_an_empty_remote_source_fails_at_ingest_before_any_later_stage(sessions, tmp_path):
+    """What pre-flight cannot see cheaply (here a gzip file) is refused by ingest, the first stage."""
+    import gzip
+
     from mlops_ray.config import config_from_mapping
     from mlops_ray.errors import StageError
     from mlops_ray.home import Home
     from mlops_ray.pipeline import run_pipeline
 
-    src = tmp_path / "flights.csv"
-    src.write_text("year,month\n")  # a header and no row
+    src = tmp_path / "flights.csv.gz"
+    src.write_bytes(gzip.compress(b"year,month\n"))
     cfg = config_from_mapping({"ingest": {"source": "tables", "tables": {"flights": {
         "type": "file", "path": str(src), "format": "csv", "schema_ddl": "year INT, month INT"}}}})
     home = Home.resolve(tmp_path / "home").ensure()
