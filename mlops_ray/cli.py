@@ -262,8 +262,26 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("ingest", "validate", "preprocess", "evaluate", "register", "deploy"):
+for _stage in ("ingest", "validate", "preprocess", "evaluate", "register"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command(name="deploy")
+def deploy_command(config: Optional[Path] = ConfigOpt,
+                   run_id: Optional[str] = typer.Option(None, "--run-id",
+                                                        help="Run whose earlier outputs to use (default: latest)."),
+                   write_serve_config: Optional[Path] = typer.Option(
+                       None, "--write-serve-config", help="Only write the `serve deploy` config of the model server "
+                       "(deploy slice of --config) to this file, e.g. cluster/serve_config.yaml; deploys nothing."),
+                   verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run only the 'deploy' stage (inputs from the run record), or write its Serve config file."""
+    if write_serve_config is None:
+        _run(config, run_id=run_id, only=("deploy",), verbose=verbose, keep_serving=True)
+        return
+    from mlops_ray.serve import serve_config_yaml
+
+    write_serve_config.write_text(serve_config_yaml(_load(config), config_path=str(config) if config else None))
+    console.print(f"wrote {write_serve_config}")
 
 
 @app.command(name="tune")
@@ -611,6 +629,18 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
                   "-" if f.get("null_rate") is None else f"{f['null_rate']:.3f}", "; ".join(f.get("reasons") or []))
     console.print(t)
     console.print(f"report: {html_path}  (JSON: {json_path})")
+
+
+@app.command("monitor-dashboard")
+def monitor_dashboard(out: Path = typer.Option(..., "--out", help="JSON file to write (import it in Grafana: "
+                                                                  "Dashboards > New > Import)."),
+                      config: Optional[Path] = ConfigOpt) -> None:
+    """Write the Grafana dashboard of the deployed model (traffic, latency, errors, replicas, drift, rolling metrics)."""
+    from mlops_ray.monitor.dashboard import write_dashboard
+
+    cfg = _load(config)
+    path = write_dashboard(cfg.monitor, out, pipeline=cfg.name)
+    console.print(f"wrote {path}: import it in Grafana (Dashboards > New > Import) and pick the Prometheus data source")
 
 
 @app.command()

@@ -105,6 +105,59 @@ class FeatureWindow:
                 else:
                     row[codes.get(str(v), unseen)] += 1
 
+    def update_columns(self, columns: dict[str, Any], n: int, now: float | None = None) -> None:
+        """Count ``n`` rows given as one array-like per feature (the per-request path for a derived frame).
+
+        Same counts as :meth:`update` on the same rows. Small batches (``n <= 8``) are counted in plain
+        Python, larger ones with NumPy, because a NumPy call costs more than a few Python steps.
+
+        Args:
+            columns: feature -> values of shape (n,) (a missing feature counts as null): numbers
+                (NaN/None/inf are null) for numeric features, values compared as ``str`` for
+                categorical ones (None/NaN are null, others outside the categories are unseen).
+            n: rows in the batch.
+            now: the rows' time, seconds since the epoch (default: ``time.time()``).
+        """
+        i = self._slot(time.time() if now is None else now)
+        small = n <= 8
+        for name, edges in self._edges_list.items():
+            row = self.counts_[name][i]
+            col = columns.get(name)
+            if col is None:
+                row[-1] += n
+            elif small:
+                for v in (col.tolist() if hasattr(col, "tolist") else col):
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        row[bisect_left(edges, v)] += 1
+                    else:
+                        row[-1] += 1
+            else:
+                x = np.asarray(col)
+                if x.dtype.kind not in "fiu":
+                    x = pd.to_numeric(pd.Series(x), errors="coerce").to_numpy(dtype=float)
+                x = x.astype(float, copy=False)
+                ok = np.isfinite(x)
+                row[:-1] += np.bincount(np.searchsorted(self.numeric_edges[name], x[ok], side="left"),
+                                        minlength=len(edges) + 1)
+                row[-1] += n - int(ok.sum())
+        for name, codes in self._codes.items():
+            row = self.counts_[name][i]
+            col = columns.get(name)
+            if col is None:
+                row[-1] += n
+                continue
+            unseen = len(codes)
+            for v in (col.tolist() if hasattr(col, "tolist") else col):
+                if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+                    row[-1] += 1
+                else:
+                    row[codes.get(v if isinstance(v, str) else str(v), unseen)] += 1
+
+    def live_slots(self, now: float | None = None) -> np.ndarray:
+        """Boolean mask (slots,) of the slots inside the window ending at ``now``."""
+        now = time.time() if now is None else now
+        return self._slot_start > now - self.window_s
+
     def totals(self, now: float | None = None) -> dict[str, np.ndarray]:
         """Counts over the window ending at ``now``: feature -> (bins + 1,) with nulls last."""
         now = time.time() if now is None else now

@@ -135,3 +135,22 @@ def test_setup_command_installs_the_wheel_the_yaml_tells_to_build(tmp_path):
     out = subprocess.run(argv[:4] + ["--dry-run"] + argv[4:], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert re.search(r"Would install mlops_ray-\S+", out.stdout), out.stdout
+
+
+def test_fake_multinode_autoscaling_yaml_passes_rays_schema_and_config_checks():
+    """cluster/ray-autoscaling-local.yaml (run for real by test_cluster_autoscaling.py): the schema and
+    validate_config pass (prepare_config needs the fake provider's example.yaml, which the wheel lacks), and
+    only workers have CPUs, so CPU-hungry Serve replicas can only run on nodes the autoscaler adds."""
+    config = load("ray-autoscaling-local.yaml")
+    jsonschema.validate(config, SCHEMA)
+    validate_config(copy.deepcopy(config))
+    assert config["provider"]["type"] == "fake_multinode"
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"]["CPU"] == 0
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert workers and all(t["resources"]["CPU"] >= 1 and t["min_workers"] == 0 for t in workers)
+    assert 0 < config["idle_timeout_minutes"] <= 0.5
+    planted = copy.deepcopy(config)
+    planted["available_node_types"]["ray.worker.cpu"]["min_workers"] = 5
+    with pytest.raises(ValueError, match="smaller than the sum"):
+        validate_config(planted)

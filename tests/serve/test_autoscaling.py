@@ -1,0 +1,132 @@
+"""Replica autoscaling, shown from what happened: the model server's replicas follow the load.
+
+A second application of the real model server (the pipeline's registered model) runs in the
+session's Serve with a small ``deploy.autoscaling`` (1 to 3 replicas, 1 ongoing request per
+replica as the target, short delays and look-back window). Concurrent clients keep it busy;
+``serve.status()`` is sampled throughout, and the timeline of running replicas is in every
+assertion message.
+
+Measured here: while a new replica loads its model (a few seconds), Serve already routes requests
+to it (the replica is RUNNING once its constructor returns; the model loads in the background so
+that /readyz can answer 503 meanwhile), and those requests get ``503 unavailable``. The test
+allows exactly that answer besides 200 and prints how many there were.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.serve.test_http import _test_rows
+
+pytestmark = pytest.mark.timeout(600)  # the first test of a session also waits for the pipeline_run fixture
+
+APP, PREFIX = "autoscaling_test", "/autoscaling-test"
+AUTOSCALING = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1, "upscale_delay_s": 1.0,
+               "downscale_delay_s": 2.0, "look_back_period_s": 12.0}  # look-back > Serve's 10 s metrics push
+CLIENTS = 6
+#: The answer of a replica whose model is still loading (mlops_ray/serve/app.py, predict).
+LOADING = "503 unavailable: no model loaded yet; retry when /readyz answers 200"
+
+
+def _running(app: str = APP) -> int:
+    """Running replicas of the app's ModelServer deployment, from Serve's controller."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or "ModelServer" not in status.deployments:
+        return 0
+    return status.deployments["ModelServer"].replica_states.get("RUNNING", 0)
+
+
+class Timeline:
+    """(seconds since start, running replicas) samples; printed as the changes only."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, int]] = []
+
+    def sample(self) -> int:
+        n = _running()
+        self.samples.append((round(time.monotonic() - self.t0, 1), n))
+        return n
+
+    def until(self, cond, deadline_s: float, every_s: float = 0.5) -> bool:
+        """Sample until ``cond(running)`` holds or ``deadline_s`` seconds pass; whether it held."""
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if cond(self.sample()):
+                return True
+            time.sleep(every_s)
+        return cond(self.sample())
+
+    def __str__(self) -> str:
+        changes = [s for i, s in enumerate(self.samples) if i == 0 or s[1] != self.samples[i - 1][1]]
+        return " -> ".join(f"{n}@{t}s" for t, n in changes) + f" (last sample {self.samples[-1][0]} s)"
+
+
+def test_replicas_rise_above_the_minimum_under_load_and_return_to_it_after(pipeline_run, endpoint):
+    from ray import serve
+
+    from mlops_ray.config import AutoscalingConfig
+    from mlops_ray.serve import wait_ready
+    from mlops_ray.serve.app import model_server
+
+    cfg, home, record = pipeline_run
+    deploy = cfg.deploy.model_copy(update={"autoscaling": AutoscalingConfig(**AUTOSCALING),
+                                           "num_cpus_per_replica": 0.25})
+    version = record["stages"]["register"]["outputs"]["version"]
+    serve.run(model_server(deploy, cfg.register_, home, f"models:/flights/{version}", "champion"), name=APP,
+              route_prefix=PREFIX, blocking=False)
+    url = f"{endpoint}{PREFIX}"
+    _, records = _test_rows(pipeline_run, 50)
+    stop = threading.Event()
+    answers: dict[str, int] = {}  # "200", or "503 unavailable: <message>" for error answers
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{url}/v1/predict", json={"records": records}, timeout=60)
+                key = str(r.status_code) if r.status_code == 200 else \
+                    f"{r.status_code} {(r.json().get('error') or {}).get('code')}: {r.json()['error']['message']}"
+                with lock:
+                    answers[key] = answers.get(key, 0) + 1
+
+    try:
+        wait_ready(url, 120, expect_version=str(version))
+        # the app's settings reached Serve: they are what deploy.autoscaling said
+        applied = serve.status().applications[APP].deployments["ModelServer"]
+        timeline = Timeline()
+        # Before any load: the minimum, and it stays there (nothing else makes it grow).
+        assert not timeline.until(lambda n: n != AUTOSCALING["min_replicas"], 4), f"idle: {timeline}; {applied}"
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client) for _ in range(CLIENTS)]
+            try:
+                rose = timeline.until(lambda n: n >= AUTOSCALING["max_replicas"], 60)
+                load_s = round(time.monotonic() - timeline.t0, 1)
+            finally:
+                stop.set()
+            for f in futures:
+                f.result()
+        peak = max(n for _, n in timeline.samples)
+        assert rose and peak == AUTOSCALING["max_replicas"], \
+            f"replicas did not rise to max_replicas={AUTOSCALING['max_replicas']} under {CLIENTS} clients: {timeline}"
+        # Every answer is a prediction, or the documented 503 of a replica that Serve already routes to
+        # while its model is still loading (a replica added by the scale-up; see the module docstring).
+        assert answers.get("200", 0) > 0 and set(answers) <= {"200", LOADING}, f"answers during the burst: {answers}"
+
+        fell = timeline.until(lambda n: n == AUTOSCALING["min_replicas"], 90)
+        assert fell, f"replicas did not return to min_replicas={AUTOSCALING['min_replicas']} after the load " \
+                     f"stopped at {load_s} s: {timeline}"
+        # Stays at the minimum while idle (did not bounce back up).
+        assert not timeline.until(lambda n: n != AUTOSCALING["min_replicas"], 3), f"after the load: {timeline}"
+        print(f"\nreplica timeline (load from 4 s to {load_s} s; answers {answers}): {timeline}")
+    finally:
+        stop.set()
+        serve.delete(APP)
