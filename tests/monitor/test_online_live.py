@@ -1,0 +1,345 @@
+"""Online monitoring for real: two Serve replicas push bin counts to the one drift monitor actor, whose PSI (as
+the actor returns it and as Ray's metrics port exports it) equals PSI recomputed from the prediction log; rolling
+metrics from feedback; a real Prometheus scraping Ray runs every dashboard panel's query and the generated alert
+rules, each of which fires once its condition is planted and not before.
+
+One module: the replicas, the monitor actor and Prometheus are started once and shared, in test order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import yaml
+
+from mlops_ray.config import MonitorConfig
+from mlops_ray.monitor.alerts import write_alert_rules
+from mlops_ray.monitor.dashboard import panel_queries
+from mlops_ray.monitor.drift import psi
+from mlops_ray.monitor.online import DriftReference, labelled_predictions_since, rolling_metrics
+from mlops_ray.preprocess.derive import INPUT_SCHEMA
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+#: Thresholds chosen so that the real test rows stay quiet and each planted fault is far beyond them.
+CFG = MonitorConfig(window_s=600, push_interval_s=1, export_interval_s=1, min_window_rows=30, psi_threshold=1.0,
+                    min_roc_auc=0.35, max_error_rate=0.05, max_latency_p99_ms=5000, alert_for_s=2)
+PREFIX = "drift-"
+ALERTS = ("MlopsFeatureDrift", "MlopsAccuracyDrop", "MlopsHighErrorRate", "MlopsHighLatencyP99")
+
+
+def _until(what: str, fn, timeout_s: float = 90, every_s: float = 1.0):
+    """Poll ``fn`` until it returns a truthy value; fail naming ``what`` (and the last value) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every_s)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s; last: {str(last)[:1500]}")
+
+
+def _test_rows(pipeline_run, n, seed, split="train"):
+    """``n`` real rows of ``split`` as request records, with their labels. The splits are by time, so the test
+    split (the last months) has drifted weather against the training reference (temp PSI > 2), so the window
+    this module fills (one for all its tests) takes training rows: quiet until a test plants drift."""
+    pre = pipeline_run[2]["stages"]["preprocess"]["outputs"]
+    df = pd.read_parquet(Path(pre["path"]) / "data" / split)
+    df = df.sample(n=min(n, len(df)), random_state=seed)
+    records = [{k: v for k, v in r.items() if v is not None}
+               for r in json.loads(df[list(INPUT_SCHEMA)].to_json(orient="records"))]
+    return records, df["label"].astype(int).tolist()
+
+
+def _drift_app(register_cfg: dict, home_root: str, window_s: float, push_interval_s: float):
+    """A test-only Serve deployment with 2 replicas doing what ModelServer does with the recorder wired in:
+    score, log to the shared prediction log, then observe the derived features and scores."""
+    from ray import serve
+
+    @serve.deployment(name="DriftReplicas", num_replicas=2, ray_actor_options={"num_cpus": 0.1},
+                      logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    class DriftReplicas:
+        def __init__(self, register_cfg, home_root, window_s, push_interval_s):
+            import tempfile
+
+            from mlops_ray.config import RegisterConfig
+            from mlops_ray.home import Home
+            from mlops_ray.monitor.online import DriftReference, OnlineDriftRecorder
+            from mlops_ray.serve.model import load_served_model
+            from mlops_ray.serve.prediction_log import open_prediction_log
+
+            home = Home.resolve(home_root)
+            dest = tempfile.mkdtemp(prefix="mlops_ray_drift_test_")
+            self.model = load_served_model(RegisterConfig(**register_cfg), home, "models:/flights@champion", dest)
+            self.log = open_prediction_log(home)
+            self.recorder = OnlineDriftRecorder(DriftReference.from_model_dir(dest), window_s).start(push_interval_s)
+
+        def predict(self, request_id: str, records: list[dict]):
+            m = self.model
+            derived = m.transformer.derived(records)
+            proba = m.estimator.predict_proba(m.transformer.spec.transform(derived))[:, 1]
+            preds = [{"probability": float(p), "label": int(p >= m.threshold), "threshold": m.threshold} for p in proba]
+            self.log.log_predictions(request_id, m.name, m.version, records, preds)
+            self.recorder.observe(derived, proba)
+            return {"replica_id": self.recorder.replica_id, "predictions": preds}
+
+    return DriftReplicas.bind(register_cfg, home_root, window_s, push_interval_s)
+
+
+@pytest.fixture(scope="module")
+def live(pipeline_run, sessions, tmp_path_factory):
+    """(monitor actor handle, handle of the 2-replica test deployment, served model, reference) on the session's Ray."""
+    from ray import serve
+
+    from mlops_ray.monitor.online import MONITOR_ACTOR_NAME, MONITOR_NAMESPACE, start_drift_monitor
+    from mlops_ray.serve.model import load_served_model
+    from mlops_ray.serve.prediction_log import sqlite_log_path
+
+    cfg, home, _ = pipeline_run
+    ray = sessions.ray()
+    dest = tmp_path_factory.mktemp("drift-model")
+    model = load_served_model(cfg.register_, home, "models:/flights@champion", dest)
+    reference = DriftReference.from_model_dir(dest)
+    monitor = start_drift_monitor(ray, CFG, reference, sqlite_log_path(home))
+    handle = serve.run(_drift_app(cfg.register_.model_dump(mode="json"), str(home.root), CFG.window_s,
+                                  CFG.push_interval_s), name="drift_replicas", route_prefix=None)
+    yield monitor, handle, model, reference
+    serve.delete("drift_replicas")
+    ray.kill(ray.get_actor(MONITOR_ACTOR_NAME, namespace=MONITOR_NAMESPACE))
+
+
+def _send_logged(handle, records, tag: str, per_request: int = 25) -> tuple[list[str], set[str]]:
+    chunks = [records[i:i + per_request] for i in range(0, len(records), per_request)]
+    rids = [f"{PREFIX}{tag}-{i}-{time.time_ns()}" for i in range(len(chunks))]
+    resps = [handle.predict.remote(rid, c) for rid, c in zip(rids, chunks)]
+    replicas = {r.result(timeout_s=120)["replica_id"] for r in resps}
+    return rids, replicas
+
+
+def _logged_records(home, since: float, prefix: str = PREFIX) -> list[dict]:
+    """The input records the prediction log holds for ``prefix``-request ids created at or after ``since``."""
+    from mlops_ray.monitor.online import _iso
+    from mlops_ray.serve.prediction_log import sqlite_log_path
+
+    with sqlite3.connect(sqlite_log_path(home), timeout=10) as c:
+        rows = c.execute("SELECT input_json FROM predictions WHERE request_id LIKE ? AND created_at >= ? "
+                         "ORDER BY request_id, record_index", (prefix + "%", _iso(since))).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def _psi_from_records(model, reference: DriftReference, records: list[dict]) -> dict[str, tuple[float, float]]:
+    """feature -> (PSI, null share) recomputed from raw records: derived as serving derives them, binned with
+    pandas/NumPy on the reference's edges and vocabulary (not the recorder's code), PSI by drift.psi."""
+    from mlops_ray.preprocess.reference import bin_index
+
+    derived = model.transformer.derived(records)
+    out = {}
+    for name, edges in reference.numeric_edges.items():
+        x = pd.to_numeric(derived[name], errors="coerce").to_numpy(dtype=float)
+        ok = x[np.isfinite(x)]
+        counts = np.bincount(bin_index(edges, ok), minlength=len(edges) + 1)
+        out[name] = (psi(reference.counts[name], counts), 1 - ok.size / x.size)
+    for name, cats in reference.categories.items():
+        s = derived[name]
+        vals = s[s.notna()].astype(str)
+        counts = [int((vals == c).sum()) for c in cats] + [int((~vals.isin(cats)).sum())]
+        out[name] = (psi(reference.counts[name], counts), float(s.isna().mean()))
+    return out
+
+
+def _exported(port: int, family: str, label: str) -> dict[str, float]:
+    """label value -> sample value of ``family`` on Ray's metrics export port (Prometheus text format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {s.labels[label]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == family and label in s.labels}
+
+
+# ---------------------------------------------------------------------------------------------------------- tests
+def test_psi_across_two_replicas_equals_psi_recomputed_from_the_prediction_log(live, pipeline_run):
+    import ray
+
+    monitor, handle, model, reference = live
+    cfg, home, _ = pipeline_run
+    records, _ = _test_rows(pipeline_run, 400, seed=7)
+    _, replicas = _send_logged(handle, records, "psi")
+    assert len(replicas) == 2, f"both replicas must answer; got {replicas}"
+    _until("both replicas' windows at the monitor", lambda: ray.get(monitor.drift.remote())["rows"] == len(records)
+           and len(ray.get(monitor.replicas.remote())) == 2)
+    now = time.time()
+    got = ray.get(monitor.export.remote(now))["drift"]
+    logged = _logged_records(home, got["window_start"])
+    assert len(logged) == len(records)
+    want = _psi_from_records(model, reference, logged)
+    worst = max(abs(got["features"][f]["psi"] - want[f][0]) for f in want)
+    worst_null = max(abs(got["features"][f]["null_share"] - want[f][1]) for f in want)
+    print(f"max |PSI(monitor) - PSI(log)| = {worst:.3e}; null share {worst_null:.3e}; features {len(want)}")
+    assert worst <= 1e-6 and worst_null <= 1e-6
+
+    # the check can fail: one replica's share of the records (what a per-replica gauge would see) is not it
+    half = _psi_from_records(model, reference, logged[: len(logged) // 2])
+    assert max(abs(got["features"][f]["psi"] - half[f][0]) for f in want) > 1e-3
+
+    # and Ray's metrics port exports the same figures (the actor recomputes every second: same window, same counts)
+    port = cfg.engines.ray.metrics_export_port
+    exported = _until("ray_mlops_feature_psi on Ray's metrics port", lambda: (
+        e := _exported(port, "ray_mlops_feature_psi", "feature")) and all(
+        f in e and abs(e[f] - want[f][0]) <= 1e-6 for f in want) and e, timeout_s=60)
+    assert set(want) <= set(exported)
+
+
+def test_rolling_metrics_join_feedback_to_logged_predictions(live, pipeline_run, endpoint):
+    import ray
+
+    monitor, handle, _, _ = live
+    records, labels = _test_rows(pipeline_run, 200, seed=11)
+    since = time.time()
+    rids, _ = _send_logged(handle, records, "fb")
+    for k, rid in enumerate(rids):  # feedback through the real endpoint: any replica finds the shared log
+        r = requests.post(f"{endpoint}/v1/feedback", json={"request_id": rid, "labels": labels[25 * k:25 * k + 25]},
+                          timeout=30)
+        assert r.status_code == 202, r.text
+    from mlops_ray.serve.prediction_log import sqlite_log_path
+
+    proba, pred, true = labelled_predictions_since(sqlite_log_path(pipeline_run[1]), since)
+    assert len(true) == len(records) and true.tolist() == labels
+    from sklearn.metrics import roc_auc_score
+
+    got = ray.get(monitor.rolling.remote())
+    assert got["rows"] >= len(records)
+    want = rolling_metrics(*labelled_predictions_since(sqlite_log_path(pipeline_run[1]), time.time() - CFG.window_s))
+    assert got == pytest.approx(want, abs=1e-12)
+    assert roc_auc_score(true, proba) > CFG.min_roc_auc  # real labels: the model is better than the alert threshold
+
+
+# ---------------------------------------------------------------------------------------------- Prometheus
+@pytest.fixture(scope="module")
+def prometheus(pipeline_run, tmp_path_factory):
+    """A real Prometheus on a free loopback port scraping Ray's metrics port every second, with the generated
+    alert rules (evaluated every second)."""
+    cfg = pipeline_run[0]
+    d = tmp_path_factory.mktemp("prometheus")
+    write_alert_rules(CFG, "flights", d / "rules.yml")
+    (d / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(d / "rules.yml")],
+        "scrape_configs": [{"job_name": "ray", "static_configs": [
+            {"targets": [f"127.0.0.1:{cfg.engines.ray.metrics_export_port}"]}]}]}))
+    port = free_port()
+    binary = shutil.which("prometheus") or pytest.fail("prometheus not found: apt-get install prometheus")
+    proc = subprocess.Popen([binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=subprocess.DEVNULL, stderr=(d / "prometheus.log").open("wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return requests.get(f"{url}/-/ready", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        _until("Prometheus ready", ready, timeout_s=60, every_s=0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _query(prom: str, expr: str) -> list[dict]:
+    r = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+    assert r.status_code == 200, f"{expr}: {r.text}"
+    return r.json()["data"]["result"]
+
+
+def _active_alerts(prom: str) -> dict[str, list[dict]]:
+    """alertname -> its active (pending or firing) alerts."""
+    out: dict[str, list[dict]] = {}
+    for a in requests.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]:
+        out.setdefault(a["labels"]["alertname"], []).append(a)
+    return out
+
+
+def _firing(prom: str, name: str, **labels) -> bool:
+    return any(a["state"] == "firing" and all(a["labels"].get(k) == v for k, v in labels.items())
+               for a in _active_alerts(prom).get(name, []))
+
+
+def test_every_panel_query_returns_data_and_alerts_fire_only_once_planted(live, pipeline_run, endpoint, prometheus):
+    _, handle, _, _ = live
+    records, labels = _test_rows(pipeline_run, 120, seed=3)
+    good = records[:20]
+    for i in range(0, len(good), 5):
+        assert requests.post(f"{endpoint}/v1/predict", json={"records": good[i:i + 5]}, timeout=60).status_code == 200
+    bad = requests.post(f"{endpoint}/v1/predict", json={"records": [{**good[0], "month": 13}]}, timeout=60)
+    assert bad.status_code == 422  # a client error: counted by code and field, never a 5xx
+
+    queries = {f"{title} [{i}]": q for title, qs in panel_queries(CFG).items() for i, q in enumerate(qs)}
+
+    left: list[str] = list(queries)
+
+    def all_answer() -> bool:
+        left[:] = [k for k in left if not _query(prometheus, queries[k])]
+        return not left
+
+    deadline = time.monotonic() + 120
+    while not all_answer() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not left, f"panel queries without a series after 120 s: {[(k, queries[k]) for k in left]}"
+    # the check can fail: a series nobody exports returns nothing through the same path
+    assert _query(prometheus, "max by (feature) (ray_mlops_feature_psi_never_exported)") == []
+
+    # nothing planted yet: no alert pending or firing (several evaluations after every series is there)
+    time.sleep(CFG.alert_for_s + 3)
+    active = _active_alerts(prometheus)
+    assert not any(n in active for n in ALERTS), active
+
+    # plant drift: distance far beyond the training range on 2000 records (about 3/4 of the window then) ->
+    # PSI of `distance` > 2 (80 such records among ~700 only reach ~0.1: too weak for the threshold of 1)
+    _send_logged(handle, [{**r, "distance": 99_999} for r in records[20:100]] * 25, "planted", per_request=50)
+    _until("MlopsFeatureDrift firing for distance", lambda: _firing(prometheus, "MlopsFeatureDrift",
+                                                                     feature="distance"), timeout_s=90)
+    active = _active_alerts(prometheus)
+    assert not any(n in active for n in ALERTS[1:]), active
+
+    # plant wrong feedback: the labels of every labelled request in the window replaced by their opposite
+    from mlops_ray.serve.prediction_log import sqlite_log_path
+
+    with sqlite3.connect(sqlite_log_path(pipeline_run[1]), timeout=10) as c:
+        rows = c.execute("SELECT request_id, record_index, predicted_label FROM labelled_predictions").fetchall()
+    by_rid: dict[str, dict[int, int]] = {}
+    for rid, idx, pred in rows:
+        by_rid.setdefault(rid, {})[idx] = 1 - pred
+    for rid, lab in by_rid.items():
+        r = requests.post(f"{endpoint}/v1/feedback",
+                          json={"request_id": rid, "labels": [lab[i] for i in sorted(lab)]}, timeout=30)
+        assert r.status_code == 202, r.text
+    _until("MlopsAccuracyDrop firing", lambda: _firing(prometheus, "MlopsAccuracyDrop"), timeout_s=90)
+    active = _active_alerts(prometheus)
+    assert not any(n in active for n in ALERTS[2:]), active
+
+    # plant server errors: hold the prediction log's write lock past the replicas' busy timeout -> slow 500s
+    lock = sqlite3.connect(sqlite_log_path(pipeline_run[1]), timeout=10, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda r: requests.post(f"{endpoint}/v1/predict", json={"records": [r]},
+                                                          timeout=120).status_code, records[100:106]))
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert codes == [500] * 6, codes
+    _until("MlopsHighErrorRate and MlopsHighLatencyP99 firing", lambda: _firing(prometheus, "MlopsHighErrorRate")
+           and _firing(prometheus, "MlopsHighLatencyP99"), timeout_s=90)
