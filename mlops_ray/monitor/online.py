@@ -236,22 +236,31 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
 
 
-def labelled_predictions_since(log_path: str | Path, since: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feedback received at or after ``since`` (epoch seconds), joined to its predictions (SQLite log).
+def labelled_predictions_since(log_path, since: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feedback received at or after ``since`` (epoch seconds), joined to its predictions.
+
+    Args:
+        log_path: the SQLite log file, or an open :class:`~mlops_ray.serve.prediction_log.PredictionLog`
+            (e.g. the PostgreSQL one).
 
     Returns:
         (probability float (n,), predicted_label int (n,), true_label int (n,)); empty when the log
         does not exist yet.
     """
-    path = Path(log_path)
-    if not path.is_file():
-        return np.empty(0), np.empty(0, dtype=int), np.empty(0, dtype=int)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        rows = conn.execute("SELECT probability, predicted_label, true_label FROM labelled_predictions "
-                            "WHERE received_at >= ?", (_iso(since),)).fetchall()
-    finally:
-        conn.close()
+    from mlops_ray.serve.prediction_log import PredictionLog
+
+    if isinstance(log_path, PredictionLog):
+        rows = log_path.labelled_since(_iso(since))
+    else:
+        path = Path(log_path)
+        if not path.is_file():
+            return np.empty(0), np.empty(0, dtype=int), np.empty(0, dtype=int)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute("SELECT probability, predicted_label, true_label FROM labelled_predictions "
+                                "WHERE received_at >= ?", (_iso(since),)).fetchall()
+        finally:
+            conn.close()
     a = np.array(rows, dtype=float).reshape(-1, 3)
     return a[:, 0], a[:, 1].astype(int), a[:, 2].astype(int)
 
@@ -285,18 +294,22 @@ class DriftMonitor:
     Args:
         reference: the bins and reference counts (:class:`DriftReference`).
         window_s: window length, seconds (``monitor.window_s``).
-        prediction_log_path: the SQLite prediction log (``$MLOPS_RAY_HOME/predictions/predictions.db``);
-            None: no rolling metrics.
+        prediction_log_path: the SQLite prediction log (``$MLOPS_RAY_HOME/predictions/predictions.db``), or the
+            PostgreSQL log's ``postgresql://`` URL (``deploy.prediction_log_url``); None: no rolling metrics.
+        prediction_log_password_env: environment variable with the PostgreSQL log's password (or None).
         export_interval_s: how often the gauges are recomputed (0: only on :meth:`export`).
         min_rows: fewer non-null values in the window than this: PSI undefined (NaN).
         slots: the replicas' slot count (for ``window_start``).
     """
 
     def __init__(self, reference: DriftReference, window_s: float = 300.0, prediction_log_path: str | None = None,
-                 export_interval_s: float = 5.0, min_rows: int = 30, slots: int = 10):
+                 export_interval_s: float = 5.0, min_rows: int = 30, slots: int = 10,
+                 prediction_log_password_env: str | None = None):
         self.reference = reference
         self.window_s = window_s
         self.prediction_log_path = prediction_log_path
+        self.prediction_log_password_env = prediction_log_password_env
+        self._pg_log = None
         self.export_interval_s = export_interval_s
         self.min_rows = min_rows
         self.slots = slots
@@ -362,7 +375,14 @@ class DriftMonitor:
         if self.prediction_log_path is None:
             return {"rows": 0, **{m: None for m in ROLLING_METRICS}}
         now = time.time() if now is None else now
-        return rolling_metrics(*labelled_predictions_since(self.prediction_log_path, now - self.window_s))
+        source = self.prediction_log_path
+        if source.startswith("postgresql://"):
+            if self._pg_log is None:
+                from mlops_ray.serve.prediction_log import PostgresPredictionLog
+
+                self._pg_log = PostgresPredictionLog(source, password_env=self.prediction_log_password_env)
+            source = self._pg_log
+        return rolling_metrics(*labelled_predictions_since(source, now - self.window_s))
 
     def _make_gauges(self) -> dict[str, Any]:
         from ray.util.metrics import Gauge
@@ -394,15 +414,18 @@ class DriftMonitor:
 
 
 def start_drift_monitor(ray, cfg, reference: DriftReference, prediction_log_path: str | Path | None,
-                        name: str = MONITOR_ACTOR_NAME, namespace: str = MONITOR_NAMESPACE):
+                        name: str = MONITOR_ACTOR_NAME, namespace: str = MONITOR_NAMESPACE,
+                        prediction_log_password_env: str | None = None):
     """Start (or find) the detached monitor actor ``namespace/name``; returns its handle.
 
     Args:
         ray: the connected ``ray`` module.
         cfg: the ``monitor`` slice (:class:`mlops_ray.config.MonitorConfig`): window, export interval, min rows.
-        prediction_log_path: the SQLite prediction log the feedback is joined in (None: no rolling metrics).
+        prediction_log_path: the SQLite prediction log the feedback is joined in, or the PostgreSQL log's URL
+            (None: no rolling metrics).
+        prediction_log_password_env: the PostgreSQL log's password variable (read in the actor's process).
     """
     actor = ray.remote(DriftMonitor).options(name=name, namespace=namespace, lifetime="detached",
                                              get_if_exists=True, num_cpus=0, max_restarts=-1)
     return actor.remote(reference, cfg.window_s, None if prediction_log_path is None else str(prediction_log_path),
-                        cfg.export_interval_s, cfg.min_window_rows)
+                        cfg.export_interval_s, cfg.min_window_rows, 10, prediction_log_password_env)
