@@ -95,6 +95,23 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _check_labels(labels: dict[int, int]) -> None:
+    """Raises ValueError unless every label is the int 0 or 1."""
+    bad = {i: v for i, v in labels.items() if v not in (0, 1) or isinstance(v, bool)}
+    if bad:
+        raise ValueError(f"feedback labels must be 0 or 1; got {bad}")
+
+
+def _check_indices(request_id: str, labels: dict[int, int], n: int) -> None:
+    """Raises UnknownRequestId when the request has no rows, ValueError for an index outside its ``n`` records."""
+    if n == 0:
+        raise UnknownRequestId(f"no logged predictions with request id {request_id!r}")
+    outside = sorted(i for i in labels if not 0 <= i < n)
+    if outside:
+        raise ValueError(f"record index {outside} outside request {request_id!r}, which held {n} record(s) "
+                         f"(indices 0..{n - 1})")
+
+
 class PredictionLog(ABC):
     """What the model server needs from a prediction log backend."""
 
@@ -211,19 +228,12 @@ class SQLitePredictionLog(PredictionLog):
                                       (request_id,)).fetchone()[0]
 
     def add_feedback(self, request_id: str, labels: dict[int, int]) -> int:
-        bad = {i: v for i, v in labels.items() if v not in (0, 1) or isinstance(v, bool)}
-        if bad:
-            raise ValueError(f"feedback labels must be 0 or 1; got {bad}")
+        _check_labels(labels)
         now = _utc_now()
 
         def upsert(c: sqlite3.Connection) -> int:
-            n = c.execute("SELECT count(*) FROM predictions WHERE request_id = ?", (request_id,)).fetchone()[0]
-            if n == 0:
-                raise UnknownRequestId(f"no logged predictions with request id {request_id!r}")
-            outside = sorted(i for i in labels if not 0 <= i < n)
-            if outside:
-                raise ValueError(f"record index {outside} outside request {request_id!r}, which held {n} record(s) "
-                                 f"(indices 0..{n - 1})")
+            _check_indices(request_id, labels, c.execute("SELECT count(*) FROM predictions WHERE request_id = ?",
+                                                         (request_id,)).fetchone()[0])
             c.executemany("INSERT INTO feedback VALUES (?, ?, ?, ?) ON CONFLICT (request_id, record_index) "
                           "DO UPDATE SET label = excluded.label, received_at = excluded.received_at",
                           [(request_id, i, v, now) for i, v in sorted(labels.items())])
@@ -354,19 +364,12 @@ class PostgresPredictionLog(PredictionLog):
                                                      (request_id,)).fetchone()[0])
 
     def add_feedback(self, request_id: str, labels: dict[int, int]) -> int:
-        bad = {i: v for i, v in labels.items() if v not in (0, 1) or isinstance(v, bool)}
-        if bad:
-            raise ValueError(f"feedback labels must be 0 or 1; got {bad}")
+        _check_labels(labels)
         now = _utc_now()
 
         def upsert(cur) -> int:
-            n = cur.execute("SELECT count(*) FROM predictions WHERE request_id = %s", (request_id,)).fetchone()[0]
-            if n == 0:
-                raise UnknownRequestId(f"no logged predictions with request id {request_id!r}")
-            outside = sorted(i for i in labels if not 0 <= i < n)
-            if outside:
-                raise ValueError(f"record index {outside} outside request {request_id!r}, which held {n} record(s) "
-                                 f"(indices 0..{n - 1})")
+            _check_indices(request_id, labels, cur.execute("SELECT count(*) FROM predictions WHERE request_id = %s",
+                                                           (request_id,)).fetchone()[0])
             cur.executemany("INSERT INTO feedback VALUES (%s, %s, %s, %s) ON CONFLICT (request_id, record_index) "
                             "DO UPDATE SET label = excluded.label, received_at = excluded.received_at",
                             [(request_id, i, v, now) for i, v in sorted(labels.items())])
