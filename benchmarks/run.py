@@ -28,7 +28,7 @@ def environment() -> dict:
 
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     libs = {}
-    for pkg in ("ray", "pyspark", "scikit-learn", "mlflow", "numpy", "pandas"):
+    for pkg in ("ray", "pyspark", "scikit-learn", "mlflow", "numpy", "pandas", "pyarrow"):
         try:
             libs[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

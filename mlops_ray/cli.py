@@ -42,6 +42,8 @@ def _setup_logging(verbose: bool) -> None:
     import os
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if not verbose:  # MLflow's per-file download bars drown the command's own output
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "mlflow", "alembic", "urllib3", "filelock", "ray", "ray.serve", "ray.tune"):
@@ -359,7 +361,11 @@ NoSwitchOpt = typer.Option(False, "--no-switch", help="Only move the alias; leav
 def _switch(cfg, home, address: Optional[str]) -> None:
     from mlops_ray.serve import switch_if_running
 
-    served = switch_if_running(cfg.deploy, cfg.register_, home, address)
+    try:
+        served = switch_if_running(cfg.deploy, cfg.register_, home, address,
+                                   monitor_cfg=cfg.monitor if cfg.monitor.online else None)
+    except MlopsRayError as e:  # the replicas kept the old version
+        _fail(str(e), 1)
     if served is not None:
         console.print(f"deployment '{cfg.deploy.app_name}' now serves v{served}")
 
@@ -448,61 +454,30 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json", help="P
 
 
 @app.command()
-def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file of raw flight records."),
-            out: Path = typer.Option(..., "--out", help="Output file (.csv or .parquet) with probability and label."),
+def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file (or a folder of them) of raw records."),
+            out: Path = typer.Option(..., "--out", help="Folder to write: Parquet part files (CSV when it ends in .csv) "
+                                                        "with probability, label, threshold, model_version, error."),
             model: Optional[str] = typer.Option(None, "--model", help="Model URI (default models:/<name>@champion)."),
+            actors: int = typer.Option(1, "--actors", min=1, help="Scoring actors (each loads the model once)."),
             config: Optional[Path] = ConfigOpt) -> None:
-    """Batch scoring with the same feature spec as the endpoint."""
-    import tempfile
-
-    import pandas as pd
-
-    from mlops_ray.config import OUTCOME_COLUMNS
+    """Batch scoring on Ray Data with the endpoint's validation and feature spec; invalid rows kept with an error."""
     from mlops_ray.home import Home
-    from mlops_ray.serve.model import load_served_model
+    from mlops_ray.serve.batch import run_batch_predict
+    from mlops_ray.sessions import Sessions
 
     _setup_logging(False)
     cfg = _load(config)
-    if not data.is_file():
-        _fail(f"--data {data} does not exist; pass a CSV or Parquet file of flight records.", 2)
-    frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data, na_values=["NA"])
+    home = Home.resolve().ensure()
     uri = model or f"models:/{cfg.register_.model_name}@champion"
     try:
-        served = load_served_model(cfg.register_, Home.resolve(), uri, tempfile.mkdtemp(prefix="mlops_ray_predict_"))
-    except RegistryError as e:
+        with Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}}) as sessions:
+            res = run_batch_predict(cfg.register_, home, data, out, uri, sessions.ray(), actors=actors)
+    except (RegistryError, MlopsRayError) as e:
         _fail(str(e), 2)
-    from mlops_ray.serve.schema import validate_record
-
-    spec = served.transformer.spec
-    missing = [c for c, (_, req) in spec.inputs.items() if req and c not in frame]
-    if missing:
-        _fail(f"--data {data} lacks required column(s) {missing}; got {list(frame.columns)}.", 2)
-    cols = [c for c in spec.inputs if c in frame]
-    raw = json.loads(frame[cols].to_json(orient="records"))
-    good, errors = [], []
-    for i, rec in enumerate(raw):
-        clean, problems = validate_record({k: v for k, v in rec.items() if v is not None}, i, spec.inputs,
-                                          spec.outcome_columns or OUTCOME_COLUMNS, spec.recipe == "flights")
-        good.append(clean if not problems else None)
-        errors.append("; ".join(f"{p['loc'][-1]}: {p['msg']}" for p in problems) or None)
-    ok = [i for i, g in enumerate(good) if g is not None]
-    result = frame.copy()
-    result["probability"] = float("nan")
-    result["label"] = pd.array([pd.NA] * len(frame), dtype="Int64")
-    if ok:
-        proba = served.predict_proba([good[i] for i in ok])
-        result.loc[result.index[ok], "probability"] = proba
-        result.loc[result.index[ok], "label"] = (proba >= served.threshold).astype(int)
-    result["model_version"] = served.version
-    result["error"] = errors
-    if out.suffix == ".parquet":
-        result.to_parquet(out)
-    else:
-        result.to_csv(out, index=False)
-    rejected = len(frame) - len(ok)
-    if rejected:
-        console.print(f"{rejected:,} row(s) not scored (invalid input); their reason is in the 'error' column")
-    console.print(f"scored {len(ok):,} of {len(result):,} rows with {served.name} v{served.version} -> {out}")
+    if res.rows_invalid:
+        console.print(f"{res.rows_invalid:,} row(s) not scored (invalid input); their reason is in the 'error' column")
+    console.print(f"scored {res.rows_scored:,} of {res.rows_out:,} rows with {res.model_uri} -> {res.out} "
+                  f"({res.out_format})")
 
 
 SUBMIT_VERBS = ("status", "logs", "stop")
@@ -613,6 +588,7 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
         with tempfile.TemporaryDirectory() as tmp, Sessions(cfg.engines) as sessions:
             _, local = download_version(cfg.register_, home, uri, tmp)
             report = drift_report(sessions.spark, read_records(sessions.spark, data), local, cfg.monitor)
+            report["rolling"] = _rolling_from_log(cfg, home)
             dest = out or home.root / "monitor" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             json_path, html_path = write_report(report, dest, data=data, model=uri)
     except (ConfigError, RegistryError, MlopsRayError) as e:
@@ -628,7 +604,64 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
                   "-" if f.get("js_distance") is None else f"{f['js_distance']:.3f}",
                   "-" if f.get("null_rate") is None else f"{f['null_rate']:.3f}", "; ".join(f.get("reasons") or []))
     console.print(t)
+    r = report["rolling"]
+    if r["rows"]:
+        console.print(f"feedback over the last {cfg.monitor.window_s:g} s: {r['rows']:,} labelled records; accuracy "
+                      f"{r['accuracy']:.3f}, F1 {r['f1']:.3f}, ROC AUC "
+                      f"{'-' if r['roc_auc'] is None else format(r['roc_auc'], '.3f')}")
     console.print(f"report: {html_path}  (JSON: {json_path})")
+
+
+def _rolling_from_log(cfg, home) -> dict:
+    """Rolling accuracy/F1/ROC AUC of the feedback received over the last ``monitor.window_s`` (prediction log)."""
+    import time
+
+    from mlops_ray.monitor.online import labelled_predictions_since, rolling_metrics
+    from mlops_ray.serve.prediction_log import open_prediction_log, sqlite_log_path
+
+    since = time.time() - cfg.monitor.window_s
+    if cfg.deploy.prediction_log_url:
+        log = open_prediction_log(home, url=cfg.deploy.prediction_log_url,
+                                  password_env=cfg.deploy.prediction_log_password_env)
+        try:
+            arrays = labelled_predictions_since(log, since)
+        finally:
+            log.close()
+    else:
+        arrays = labelled_predictions_since(sqlite_log_path(home), since)
+    return {**rolling_metrics(*arrays), "window_s": cfg.monitor.window_s}
+
+
+@app.command("feedback")
+def feedback(labels: str = typer.Option(..., "--labels", help="CSV or Parquet: request_id, label [, record_index]."),
+             rejects: Optional[Path] = typer.Option(None, "--rejects", help="Write the rows not stored (with a reason "
+                                                                        "column) to this CSV."),
+             config: Optional[Path] = ConfigOpt) -> None:
+    """Store late labels (a file) for logged predictions, as POST /v1/feedback does; exit 1 if any row was rejected."""
+    from mlops_ray.home import Home
+    from mlops_ray.monitor.feedback import import_labels, read_labels
+    from mlops_ray.serve.prediction_log import open_prediction_log
+
+    _setup_logging(False)
+    cfg = _load(config)
+    try:
+        frame = read_labels(labels)
+        log = open_prediction_log(Home.resolve().ensure(), url=cfg.deploy.prediction_log_url,
+                                  password_env=cfg.deploy.prediction_log_password_env)
+        try:
+            result = import_labels(log, frame)
+        finally:
+            log.close()
+    except MlopsRayError as e:
+        _fail(str(e), 2)
+    console.print(f"labels: {result.rows:,} rows; {result.stored:,} stored; {len(result.rejects):,} rejected")
+    if len(result.rejects):
+        for reason, n in result.rejects["reason"].value_counts().items():
+            console.print(f"  {n:,} x {reason}")
+        if rejects is not None:
+            result.rejects.to_csv(rejects, index=False)
+            console.print(f"rejected rows: {rejects}")
+        raise typer.Exit(1)
 
 
 @app.command("monitor-dashboard")

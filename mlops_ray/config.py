@@ -966,6 +966,22 @@ class AutoscalingConfig(_Model):
         return self.model_dump()
 
 
+class BatchingConfig(_Model):
+    """Request batching on a replica (Ray Serve's ``@serve.batch``): the records of concurrent requests are
+    scored in one ``predict_proba`` call and split back; answers and log rows are the unbatched ones."""
+
+    enabled: bool = Field(False, description="Batch concurrent predict requests on a replica.")
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = Field(
+        4, description="Most requests scored in one call (Serve's max_batch_size; each request keeps its records).")
+    batch_wait_timeout_s: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.01, description="How long the first request of a batch waits for others, seconds (Serve's "
+                          "batch_wait_timeout_s); it adds up to this much latency at low load.")
+
+
+#: Ray Serve's default ``max_ongoing_requests`` (ray.serve._private.constants) when deploy.max_ongoing_requests is None.
+SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5
+
+
 class DeployConfig(_Model):
     host: str = Field("127.0.0.1", description="Serve HTTP proxy host.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Serve HTTP proxy port.")
@@ -973,6 +989,13 @@ class DeployConfig(_Model):
     route_prefix: Annotated[str, Field(pattern=r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")] = Field(
         "/", description="HTTP path the application answers under, e.g. '/credit' -> /credit/v1/predict; several "
                          "applications share one Serve proxy (one host and port per Ray cluster) by prefix.")
+    prediction_log_url: str | None = Field(
+        None, description="Prediction log in PostgreSQL for replicas on several machines, "
+                          "'postgresql://USER@HOST:PORT/DATABASE' (no password: see prediction_log_password_env). "
+                          "None: SQLite in WAL mode under $MLOPS_RAY_HOME/predictions/ (one machine).")
+    prediction_log_password_env: str | None = Field(
+        None, description="Environment variable holding the prediction log database password (never the YAML); "
+                          "None: libpq's PGPASSWORD or ~/.pgpass.")
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="Where Serve runs HTTP proxies (Ray Serve's proxy_location): EveryNode on a real "
                                  "cluster; HeadOnly when several Ray nodes share one host (they would share the port).")
@@ -988,6 +1011,58 @@ class DeployConfig(_Model):
     prediction_log_busy_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         10.0, description="How long a prediction log write waits for another replica's write lock (SQLite busy "
                           "timeout), seconds; beyond it the request answers 500.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable (in the replicas' environment) holding the API key clients send as "
+                          "`Authorization: Bearer <key>`; None with api_key_file None = no key. Never the key itself.")
+    api_key_file: str | None = Field(
+        None, description="File (readable by the replicas) whose content is the API key; alternative to api_key_env.")
+    batching: BatchingConfig = BatchingConfig()
+    max_ongoing_requests: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Most requests a replica handles at once (Ray Serve's max_ongoing_requests); None = Serve's "
+                          "default (5). With batching it bounds the batch, so it must be >= batching.max_batch_size.")
+    graceful_shutdown_timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="How long a stopping replica may take to finish its in-flight requests before it is killed, "
+                          "seconds (Ray Serve's graceful_shutdown_timeout_s); None = Serve's default (20 s).")
+    graceful_shutdown_wait_loop_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="How often a stopping replica checks for in-flight requests, seconds (Ray Serve's "
+                          "graceful_shutdown_wait_loop_s); None = Serve's default (2 s).")
+    canary_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        0.0, description="Share of predict requests answered by the `challenger` alias, percent (by a hash of the "
+                         "request id); 0 = champion only. Changed on live replicas without restarting them.")
+    shadow: bool = Field(
+        False, description="Shadow mode: the `challenger` also scores every request, its answer is not returned (its "
+                           "scores go to the ray_mlops_shadow_* metrics).")
+
+    @model_validator(mode="after")
+    def _serving_options(self) -> "DeployConfig":
+        if self.api_key_env and self.api_key_file:
+            raise ValueError(f"deploy.api_key_env ('{self.api_key_env}') and deploy.api_key_file "
+                             f"('{self.api_key_file}') are both set; set only one.")
+        if self.canary_percent > 0 and self.shadow:
+            raise ValueError(f"deploy.canary_percent ({self.canary_percent}) and deploy.shadow (true) are both set: the "
+                             "challenger either answers a share of requests or shadows them all; set one.")
+        limit = self.max_ongoing_requests or SERVE_DEFAULT_MAX_ONGOING_REQUESTS
+        if self.batching.enabled and self.batching.max_batch_size > limit:
+            raise ValueError(f"deploy.batching.max_batch_size ({self.batching.max_batch_size}) exceeds "
+                             f"deploy.max_ongoing_requests ({limit}): a replica never holds that many requests at "
+                             f"once. Set max_ongoing_requests >= {self.batching.max_batch_size}.")
+        return self
+
+    @model_validator(mode="after")
+    def _prediction_log_url(self) -> "DeployConfig":
+        from urllib.parse import urlparse
+
+        url = self.prediction_log_url
+        if url is not None:
+            u = urlparse(url)
+            if u.scheme != "postgresql" or not u.hostname or not u.path.strip("/"):
+                raise ValueError(f"deploy.prediction_log_url must look like postgresql://USER@HOST:PORT/DATABASE; "
+                                 f"got {url!r}.")
+            if u.password is not None:
+                raise ValueError("deploy.prediction_log_url must not carry a password (it would sit in the YAML "
+                                 "and in logs); put it in the environment variable named by "
+                                 "deploy.prediction_log_password_env.")
+        return self
 
 
 # --------------------------------------------------------------------------- automation
@@ -1050,6 +1125,9 @@ class AutomateConfig(_Model):
 class MonitorConfig(_Model):
     """Drift and model-health monitoring: thresholds shared by the detectors, the exported gauges and the alert rules."""
 
+    online: bool = Field(
+        True, description="Online drift in Serve: replicas count the answered records in the training reference's "
+                          "bins and one monitor actor exports PSI, null shares and rolling metrics.")
     window_s: Annotated[float, Field(gt=0)] = Field(
         300.0, description="Length of the online window, seconds: drift and rolling metrics cover the last window_s.")
     push_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(

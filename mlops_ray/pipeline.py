@@ -428,7 +428,8 @@ def _deploy(cfg, sessions, record, home):
 
     reg = record.outputs("register")
     uri = f"models:/{reg['name']}@{cfg.deploy.model_alias}"
-    return _asdict(run_deploy(cfg.deploy, cfg.register_, sessions.ray(), home, uri))
+    return _asdict(run_deploy(cfg.deploy, cfg.register_, sessions.ray(), home, uri,
+                              monitor_cfg=cfg.monitor if cfg.monitor.online else None))
 
 
 def _smoke(cfg, sessions, record, home):

@@ -94,6 +94,9 @@ def sample_config_mapping(serve_port: int, metrics_port: int, **overrides) -> di
                      "hist_gradient_boosting": {"learning_rate": {"distribution": "fixed", "value": 0.1},
                                                 "max_leaf_nodes": {"distribution": "fixed", "value": 31},
                                                 "max_iter": {"distribution": "fixed", "value": 100}}}},
+        # online drift off here: the session's endpoint gets test-split rows from many tests, whose weather has
+        # drifted (PSI > 2); tests/monitor/test_online_live.py deploys its own app with it on
+        "monitor": {"online": False},
         "deploy": {"port": serve_port, "smoke_records": 3, "num_cpus_per_replica": 0.25,
                    "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "max_request_bytes": 65536,
                    "max_records": 50},

@@ -141,5 +141,11 @@ td:first-child,th:first-child{text-align:left}.drift{color:#b00020;font-weight:6
 <td class="{{ 'drift' if f.status == 'drift' else 'muted' }}">{{ f.status }}</td><td>{{ fmt(f.get('psi')) }}</td>
 <td>{{ fmt(f.get('js_distance')) }}</td><td>{{ fmt(f.get('null_rate')) }} ({{ fmt(f.get('reference_null_rate')) }})</td>
 <td>{{ fmt(f.get('new_category_share')) }}</td><td>{{ (f.get("reasons") or [])|join("; ") }}</td></tr>{% endfor %}
-</table></body></html>
+</table>
+{% if r.rolling %}<h2>Concept drift: feedback</h2>
+{% if r.rolling.rows %}<p>{{ r.rolling.rows }} labelled predictions received over the last {{ r.rolling.window_s }} s
+(prediction log, joined by request id): accuracy {{ fmt(r.rolling.accuracy) }}, F1 {{ fmt(r.rolling.f1) }},
+ROC AUC {{ fmt(r.rolling.roc_auc) }}.</p>{% else %}<p class="muted">No feedback label received over the last
+{{ r.rolling.window_s }} s.</p>{% endif %}{% endif %}
+</body></html>
 """

@@ -55,6 +55,12 @@ logger = logging.getLogger(__name__)
 MONITOR_ACTOR_NAME = "mlops_ray_drift_monitor"
 MONITOR_NAMESPACE = "mlops_ray"
 
+
+def monitor_actor_name(app_name: str) -> str:
+    """The drift monitor actor of Serve application ``app_name`` (one per application: each watches its own
+    champion's reference, e.g. ``flights`` and ``credit`` served side by side)."""
+    return f"{MONITOR_ACTOR_NAME}:{app_name}"
+
 #: Upper edges of the score histogram's first 9 bins: (-inf, 0.1], (0.1, 0.2], ..., (0.9, +inf).
 SCORE_EDGES = tuple(i / 10 for i in range(1, 10))
 _SCORE = "__prediction_score__"
@@ -123,6 +129,14 @@ class DriftReference:
     @property
     def features(self) -> list[str]:
         return [*self.numeric_edges, *self.categories]
+
+    @property
+    def key(self) -> str:
+        """Fingerprint of the bins (edges and vocabularies): windows counted on other bins cannot be summed."""
+        import hashlib
+
+        blob = json.dumps([self.numeric_edges, self.categories], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     def new_window(self, window_s: float, slots: int = 10) -> FeatureWindow:
         """An empty window over these bins plus the score histogram."""
@@ -196,7 +210,8 @@ class OnlineDriftRecorder:
         """The window as the monitor takes it: ``{"replica_id", "slot_start": (slots,), "counts": {feature:
         (slots, bins + 1) list}}`` (a copy; nulls last; the score histogram under ``__prediction_score__``)."""
         with self._lock:
-            return {"replica_id": self.replica_id, "slot_start": self.window_._slot_start.tolist(),
+            return {"replica_id": self.replica_id, "reference": self.reference.key,
+                    "slot_start": self.window_._slot_start.tolist(),
                     "counts": {k: v.tolist() for k, v in self.window_.counts_.items()}}
 
     def flush(self):
@@ -327,12 +342,28 @@ class DriftMonitor:
             except Exception:  # noqa: BLE001 - keep exporting; the next round may succeed
                 logger.exception("drift monitor export failed")
 
-    def push(self, snapshot: dict[str, Any]) -> None:
-        """Take a replica's window (:meth:`OnlineDriftRecorder.snapshot`), replacing its previous one."""
+    def push(self, snapshot: dict[str, Any]) -> bool:
+        """Take a replica's window (:meth:`OnlineDriftRecorder.snapshot`), replacing its previous one.
+
+        Returns False (and keeps nothing) for a window counted on other bins than the monitor's reference
+        (a replica still serving the previous model version during a rollout)."""
+        if snapshot.get("reference") not in (None, self.reference.key):
+            return False
         starts = np.asarray(snapshot["slot_start"], dtype=float)
         counts = {k: np.asarray(v, dtype=np.int64) for k, v in snapshot["counts"].items()}
         with self._lock:
             self._windows[snapshot["replica_id"]] = (starts, counts)
+        return True
+
+    def set_reference(self, reference: DriftReference) -> bool:
+        """Monitor against ``reference`` from now on (a new champion); windows on other bins are dropped.
+        Returns True when the reference changed."""
+        with self._lock:
+            if reference.key == self.reference.key:
+                return False
+            self.reference = reference
+            self._windows.clear()
+            return True
 
     def replicas(self) -> list[str]:
         """Replica ids that pushed a window."""
@@ -427,5 +458,7 @@ def start_drift_monitor(ray, cfg, reference: DriftReference, prediction_log_path
     """
     actor = ray.remote(DriftMonitor).options(name=name, namespace=namespace, lifetime="detached",
                                              get_if_exists=True, num_cpus=0, max_restarts=-1)
-    return actor.remote(reference, cfg.window_s, None if prediction_log_path is None else str(prediction_log_path),
-                        cfg.export_interval_s, cfg.min_window_rows, 10, prediction_log_password_env)
+    handle = actor.remote(reference, cfg.window_s, None if prediction_log_path is None else str(prediction_log_path),
+                          cfg.export_interval_s, cfg.min_window_rows, 10, prediction_log_password_env)
+    ray.get(handle.set_reference.remote(reference))  # an actor found running may watch an older champion
+    return handle

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlops_ray.config import Config, DeployConfig, RegisterConfig
+from mlops_ray.config import Config, DeployConfig, MonitorConfig, RegisterConfig
 from mlops_ray.errors import MlopsRayError
 from mlops_ray.home import Home
 
@@ -53,6 +53,12 @@ def wait_ready(url: str, timeout_s: float, expect_version: str | None = None) ->
                                          or (r.json().get("model") or {}).get("version") == expect_version):
                 return r.json()
             last = f"{r.status_code} {r.text[:300]}"
+            if (expect_version is not None and r.status_code == 200
+                    and r.json().get("reload_failed_version") == expect_version):  # reconfigure kept the old one
+                served = (r.json().get("model") or {}).get("version")
+                raise MlopsRayError(f"deploy: the replicas at {url} failed to load v{expect_version} and still serve "
+                                    f"v{served}; GET {url}/v1/model shows last_reload_error. Fix or roll back the "
+                                    "registry alias (`mlops-ray models rollback NAME`).")
             if r.status_code == 503 and "not ready:" in r.text and "model is loading" not in r.text:
                 break  # the replica reported a load error: it will not fix itself
         except requests.RequestException as e:
@@ -61,33 +67,71 @@ def wait_ready(url: str, timeout_s: float, expect_version: str | None = None) ->
     raise MlopsRayError(f"deploy: {url}/readyz did not answer 200 within {timeout_s:.0f} s; last answer: {last}")
 
 
-def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home, model_uri: str | None = None) -> DeployResult:
+def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home, model_uri: str | None = None,
+               monitor_cfg: MonitorConfig | None = None) -> DeployResult:
     """Start (or update) the Serve application serving ``model_uri`` and wait until it is ready.
 
     Args:
         ray: the connected ``ray`` module (Serve runs in that cluster).
         model_uri: default ``models:/<register.model_name>@<deploy.model_alias>``.
+        monitor_cfg: the ``monitor`` slice: online drift on (replicas count, the drift monitor actor is
+            started or pointed at the new champion's training reference); None = off.
     """
     from ray import serve
 
+    from mlops_ray.errors import RegistryError
     from mlops_ray.registry import resolve_version
     from mlops_ray.registry.uri import parse_model_uri
-    from mlops_ray.serve.app import model_server
+    from mlops_ray.serve.app import model_server, rollout_user_config
 
     uri = model_uri or f"models:/{register_cfg.model_name}@{cfg.model_alias}"
     name, alias, _ = parse_model_uri(uri)
     mv = resolve_version(register_cfg, home, uri)  # pin the version: a promotion changes what is deployed
     pinned = f"models:/{name}/{mv.version}"
+    challenger = None
+    if cfg.canary_percent > 0 or cfg.shadow:
+        try:
+            challenger = f"models:/{name}/{resolve_version(register_cfg, home, f'models:/{name}@challenger').version}"
+        except RegistryError:
+            logger.warning("deploy: canary/shadow configured but '%s' has no challenger alias; serving v%s only",
+                           name, mv.version)
+    # the versions travel in the user_config: a promotion reconfigures the live replicas instead of replacing them
+    rollout = rollout_user_config(pinned, alias, challenger, cfg.canary_percent, cfg.shadow)
     t0 = time.monotonic()
     serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(model_server(cfg, register_cfg, home, pinned, alias), name=cfg.app_name, route_prefix=cfg.route_prefix,
-              blocking=False)
+    if monitor_cfg is not None:
+        start_monitor(cfg, register_cfg, ray, home, pinned, monitor_cfg)
+    serve.run(model_server(cfg, register_cfg, home, uri if alias else pinned, alias, rollout=rollout,
+                           monitor_cfg=monitor_cfg),
+              name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     url = endpoint_url(cfg)
     ready = wait_ready(url, cfg.ready_timeout_s, expect_version=str(mv.version))
     elapsed = time.monotonic() - t0
     logger.info("deploy: %s ready at %s in %.1f s", uri, url, elapsed)
     return DeployResult(url=url, app_name=cfg.app_name, model_uri=uri,
                         version=(ready.get("model") or {}).get("version"), ready_after_s=elapsed)
+
+
+def start_monitor(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home, model_uri: str,
+                  monitor_cfg: MonitorConfig):
+    """Start (or re-point) the drift monitor actor at ``model_uri``'s training reference; returns its handle.
+
+    Raises:
+        RegistryError: the version cannot be downloaded.
+        FileNotFoundError: the version has no ``reference_stats.json`` (registered before drift references).
+    """
+    import tempfile
+
+    from mlops_ray.monitor.online import DriftReference, monitor_actor_name, start_drift_monitor
+    from mlops_ray.registry import download_version
+    from mlops_ray.serve.prediction_log import sqlite_log_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, local = download_version(register_cfg, home, model_uri, tmp)
+        reference = DriftReference.from_model_dir(local)
+    log = cfg.prediction_log_url or sqlite_log_path(home)
+    return start_drift_monitor(ray, monitor_cfg, reference, log, name=monitor_actor_name(cfg.app_name),
+                               prediction_log_password_env=cfg.prediction_log_password_env)
 
 
 #: First lines of a generated Serve config file.
@@ -151,13 +195,18 @@ def serve_config_yaml(cfg: Config, model_uri: str | None = None, config_path: st
     return SERVE_CONFIG_HEADER + body.rstrip("\n") + "\n"
 
 
-def switch_if_running(cfg: DeployConfig, register_cfg: RegisterConfig, home: Home, address: str | None = None) -> str | None:
-    """After a promotion or rollback: redeploy a running application onto the new champion.
+def switch_if_running(cfg: DeployConfig, register_cfg: RegisterConfig, home: Home, address: str | None = None,
+                      monitor_cfg: MonitorConfig | None = None) -> str | None:
+    """After a promotion or rollback: switch a running application onto the new champion (and challenger).
 
     Connects to the Ray cluster at ``address`` (or RAY_ADDRESS, or a local Ray found on this
-    machine); if application ``cfg.app_name`` runs there, it is redeployed with the alias
-    resolved anew, and Serve rolls its replicas over to the new version. Returns the version
-    now served, or None when no such deployment runs.
+    machine); if application ``cfg.app_name`` runs there, it is redeployed with the aliases
+    resolved anew. Only the deployment's ``user_config`` changes, so Serve calls ``reconfigure``
+    on the live replicas, which load the new version and swap it in without a failed request.
+    Returns the version now served, or None when no such deployment runs.
+
+    Raises:
+        MlopsRayError: the replicas failed to load the new version (they keep serving the old one).
     """
     import os
 
@@ -176,7 +225,7 @@ def switch_if_running(cfg: DeployConfig, register_cfg: RegisterConfig, home: Hom
         apps = serve.status().applications
         if cfg.app_name not in apps:
             return None
-        return run_deploy(cfg, register_cfg, ray, home).version
+        return run_deploy(cfg, register_cfg, ray, home, monitor_cfg=monitor_cfg).version
     finally:
         if connected_here:
             ray.shutdown()

@@ -25,6 +25,7 @@ class ServedModel:
         transformer: raw records -> features, exactly as in training.
         threshold: decision threshold chosen on validation.
         info: the version's ``version.json`` (metrics, trained_at, libraries...).
+        path: the folder the version's files were loaded from (feature spec, drift reference).
     """
 
     name: str
@@ -34,6 +35,7 @@ class ServedModel:
     transformer: RecordTransformer
     threshold: float
     info: dict[str, Any]
+    path: str | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path, *, name: str, version: str, alias: str | None) -> "ServedModel":
@@ -43,7 +45,8 @@ class ServedModel:
         path = Path(path)
         info = json.loads((path / "version.json").read_text())
         return cls(name=name, version=version, alias=alias, estimator=load_model(path),
-                   transformer=RecordTransformer.from_dir(path), threshold=float(info["threshold"]), info=info)
+                   transformer=RecordTransformer.from_dir(path), threshold=float(info["threshold"]), info=info,
+                   path=str(path))
 
     def predict_proba(self, records: list[dict]) -> np.ndarray:
         """P(delay > 15 min) per record, float64 of shape (len(records),)."""
@@ -52,7 +55,11 @@ class ServedModel:
 
     def predictions(self, records: list[dict]) -> list[dict[str, Any]]:
         """The API's prediction objects: probability, label (at the threshold), threshold."""
-        proba = self.predict_proba(records)
+        return self.predictions_from(self.predict_proba(records))
+
+    def predictions_from(self, proba: np.ndarray) -> list[dict[str, Any]]:
+        """The API's prediction objects from probabilities of shape (n_records,) this model scored (the batched
+        path scores several requests' records in one call and splits the result back)."""
         return [{"probability": float(p), "label": int(p >= self.threshold), "threshold": self.threshold}
                 for p in proba]
 

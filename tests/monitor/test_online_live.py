@@ -63,69 +63,47 @@ def _test_rows(pipeline_run, n, seed, split="train"):
     return records, df["label"].astype(int).tolist()
 
 
-def _drift_app(register_cfg: dict, home_root: str, window_s: float, push_interval_s: float):
-    """A test-only Serve deployment with 2 replicas doing what ModelServer does with the recorder wired in:
-    score, log to the shared prediction log, then observe the derived features and scores."""
-    from ray import serve
-
-    @serve.deployment(name="DriftReplicas", num_replicas=2, ray_actor_options={"num_cpus": 0.1},
-                      logging_config={"enable_access_log": False, "log_level": "WARNING"})
-    class DriftReplicas:
-        def __init__(self, register_cfg, home_root, window_s, push_interval_s):
-            import tempfile
-
-            from mlops_ray.config import RegisterConfig
-            from mlops_ray.home import Home
-            from mlops_ray.monitor.online import DriftReference, OnlineDriftRecorder
-            from mlops_ray.serve.model import load_served_model
-            from mlops_ray.serve.prediction_log import open_prediction_log
-
-            home = Home.resolve(home_root)
-            dest = tempfile.mkdtemp(prefix="mlops_ray_drift_test_")
-            self.model = load_served_model(RegisterConfig(**register_cfg), home, "models:/flights@champion", dest)
-            self.log = open_prediction_log(home)
-            self.recorder = OnlineDriftRecorder(DriftReference.from_model_dir(dest), window_s).start(push_interval_s)
-
-        def predict(self, request_id: str, records: list[dict]):
-            m = self.model
-            derived = m.transformer.derived(records)
-            proba = m.estimator.predict_proba(m.transformer.spec.transform(derived))[:, 1]
-            preds = [{"probability": float(p), "label": int(p >= m.threshold), "threshold": m.threshold} for p in proba]
-            self.log.log_predictions(request_id, m.name, m.version, records, preds)
-            self.recorder.observe(derived, proba)
-            return {"replica_id": self.recorder.replica_id, "predictions": preds}
-
-    return DriftReplicas.bind(register_cfg, home_root, window_s, push_interval_s)
+APP, ROUTE = "drift_live", "/drift-live"
 
 
 @pytest.fixture(scope="module")
 def live(pipeline_run, sessions, tmp_path_factory):
-    """(monitor actor handle, handle of the 2-replica test deployment, served model, reference) on the session's Ray."""
+    """(monitor actor handle, URL of the real model server with 2 replicas and online drift on, served model,
+    reference) on the session's Ray: deployed by run_deploy with the monitor slice, as the pipeline deploys."""
     from ray import serve
 
-    from mlops_ray.monitor.online import MONITOR_ACTOR_NAME, MONITOR_NAMESPACE, start_drift_monitor
+    from mlops_ray.config import AutoscalingConfig
+    from mlops_ray.monitor.online import MONITOR_NAMESPACE, monitor_actor_name
+    from mlops_ray.serve import run_deploy
     from mlops_ray.serve.model import load_served_model
-    from mlops_ray.serve.prediction_log import sqlite_log_path
 
     cfg, home, _ = pipeline_run
     ray = sessions.ray()
-    dest = tmp_path_factory.mktemp("drift-model")
-    model = load_served_model(cfg.register_, home, "models:/flights@champion", dest)
-    reference = DriftReference.from_model_dir(dest)
-    monitor = start_drift_monitor(ray, CFG, reference, sqlite_log_path(home))
-    handle = serve.run(_drift_app(cfg.register_.model_dump(mode="json"), str(home.root), CFG.window_s,
-                                  CFG.push_interval_s), name="drift_replicas", route_prefix=None)
-    yield monitor, handle, model, reference
-    serve.delete("drift_replicas")
-    ray.kill(ray.get_actor(MONITOR_ACTOR_NAME, namespace=MONITOR_NAMESPACE))
+    deploy = cfg.deploy.model_copy(update={"app_name": APP, "route_prefix": ROUTE,
+                                           "autoscaling": AutoscalingConfig(min_replicas=2, max_replicas=2)})
+    result = run_deploy(deploy, cfg.register_, ray, home, "models:/flights@champion", monitor_cfg=CFG)
+    monitor = ray.get_actor(monitor_actor_name(APP), namespace=MONITOR_NAMESPACE)
+    model = load_served_model(cfg.register_, home, "models:/flights@champion", tmp_path_factory.mktemp("drift-model"))
+    reference = DriftReference.from_model_dir(model.path)
+    yield monitor, result.url, model, reference
+    serve.delete(APP)
+    ray.kill(monitor)
 
 
-def _send_logged(handle, records, tag: str, per_request: int = 25) -> tuple[list[str], set[str]]:
+def _send_logged(url: str, records, tag: str, per_request: int = 25) -> list[str]:
+    """POST the records in chunks (8 at a time, so both replicas answer); every answer must be 200."""
     chunks = [records[i:i + per_request] for i in range(0, len(records), per_request)]
     rids = [f"{PREFIX}{tag}-{i}-{time.time_ns()}" for i in range(len(chunks))]
-    resps = [handle.predict.remote(rid, c) for rid, c in zip(rids, chunks)]
-    replicas = {r.result(timeout_s=120)["replica_id"] for r in resps}
-    return rids, replicas
+
+    def post(pair):
+        rid, chunk = pair
+        return requests.post(f"{url}/v1/predict", json={"records": chunk}, headers={"X-Request-ID": rid},
+                             timeout=120).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(post, zip(rids, chunks)))
+    assert codes == [200] * len(chunks), codes
+    return rids
 
 
 def _logged_records(home, since: float, prefix: str = PREFIX) -> list[dict]:
@@ -172,11 +150,10 @@ def _exported(port: int, family: str, label: str) -> dict[str, float]:
 def test_psi_across_two_replicas_equals_psi_recomputed_from_the_prediction_log(live, pipeline_run):
     import ray
 
-    monitor, handle, model, reference = live
+    monitor, url, model, reference = live
     cfg, home, _ = pipeline_run
     records, _ = _test_rows(pipeline_run, 400, seed=7)
-    _, replicas = _send_logged(handle, records, "psi")
-    assert len(replicas) == 2, f"both replicas must answer; got {replicas}"
+    _send_logged(url, records, "psi", per_request=10)
     _until("both replicas' windows at the monitor", lambda: ray.get(monitor.drift.remote())["rows"] == len(records)
            and len(ray.get(monitor.replicas.remote())) == 2)
     now = time.time()
@@ -204,10 +181,10 @@ def test_psi_across_two_replicas_equals_psi_recomputed_from_the_prediction_log(l
 def test_rolling_metrics_join_feedback_to_logged_predictions(live, pipeline_run, endpoint):
     import ray
 
-    monitor, handle, _, _ = live
+    monitor, url, _, _ = live
     records, labels = _test_rows(pipeline_run, 200, seed=11)
     since = time.time()
-    rids, _ = _send_logged(handle, records, "fb")
+    rids = _send_logged(url, records, "fb")
     for k, rid in enumerate(rids):  # feedback through the real endpoint: any replica finds the shared log
         r = requests.post(f"{endpoint}/v1/feedback", json={"request_id": rid, "labels": labels[25 * k:25 * k + 25]},
                           timeout=30)
@@ -278,7 +255,7 @@ def _firing(prom: str, name: str, **labels) -> bool:
 
 
 def test_every_panel_query_returns_data_and_alerts_fire_only_once_planted(live, pipeline_run, endpoint, prometheus):
-    _, handle, _, _ = live
+    _, url, _, _ = live
     records, labels = _test_rows(pipeline_run, 120, seed=3)
     good = records[:20]
     for i in range(0, len(good), 5):
@@ -308,7 +285,7 @@ def test_every_panel_query_returns_data_and_alerts_fire_only_once_planted(live, 
 
     # plant drift: distance far beyond the training range on 2000 records (about 3/4 of the window then) ->
     # PSI of `distance` > 2 (80 such records among ~700 only reach ~0.1: too weak for the threshold of 1)
-    _send_logged(handle, [{**r, "distance": 99_999} for r in records[20:100]] * 25, "planted", per_request=50)
+    _send_logged(url, [{**r, "distance": 99_999} for r in records[20:100]] * 25, "planted", per_request=50)
     _until("MlopsFeatureDrift firing for distance", lambda: _firing(prometheus, "MlopsFeatureDrift",
                                                                      feature="distance"), timeout_s=90)
     active = _active_alerts(prometheus)
