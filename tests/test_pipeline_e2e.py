@@ -114,7 +114,8 @@ def test_batch_predict_scores_valid_rows_and_reports_invalid_ones(pipeline_run, 
     res = CliRunner().invoke(app, ["predict", "--data", str(src), "--out", str(tmp_path / "out.csv")])
     assert res.exit_code == 0, res.output
     assert "scored 4 of 6 rows" in res.output
-    out = pd.read_csv(tmp_path / "out.csv")
+    parts = sorted((tmp_path / "out.csv").glob("*.csv"))  # Ray Data writes a folder of part files, in order
+    out = pd.concat([pd.read_csv(f) for f in parts], ignore_index=True)
     assert out["error"].notna().tolist() == [False, False, True, False, True, False]
     assert "not a calendar date" in out["error"][2] and "sched_dep_time" in out["error"][4]
     served = load_served_model(cfg.register_, home, "models:/flights@champion", tmp_path / "dl")

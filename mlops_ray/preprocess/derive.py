@@ -105,21 +105,74 @@ def spark_flights_with_lookups(flights: "DataFrame", weather_lookup: "DataFrame"
 
 
 # ---------------------------------------------------------------------------- pandas
+def _local_days(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Calendar dates as ``datetime64[D]``; NaT where (year, month, day) is not a date (as pandas' coerce)."""
+    months = (year - 1970) * 12 + (month - 1)
+    days = months.astype("datetime64[M]").astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
+    real = (month >= 1) & (month <= 12) & (day >= 1) & \
+        (days.astype("datetime64[M]") == months.astype("datetime64[M]"))
+    return np.where(real, days, np.datetime64("NaT", "D"))
+
+
 def pandas_weather_hour(records: pd.DataFrame, timezone: str) -> pd.Series:
-    """UTC weather key for each record: ``time_hour`` when given, else scheduled hour in local time."""
+    """UTC weather key for each record: ``time_hour`` when given, else scheduled hour in local time.
+
+    The local hour is made tz-aware as Spark's ``to_utc_timestamp`` does it: an ambiguous hour (the
+    repeated autumn hour) is taken as daylight time, a skipped spring hour is shifted forward.
+    """
     given = pd.to_datetime(records.get("time_hour"), utc=True, errors="coerce", format="ISO8601") \
-        if "time_hour" in records else pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
-    local = pd.to_datetime(
-        {"year": records["year"], "month": records["month"], "day": records["day"],
-         "hour": (records["sched_dep_time"] // 100).astype("int64")},
-        errors="coerce",
-    )
-    derived = local.dt.tz_localize(timezone, ambiguous=True, nonexistent="shift_forward").dt.tz_convert("UTC")
+        if "time_hour" in records and records["time_hour"].notna().any() \
+        else pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
+    days = _local_days(records["year"].to_numpy(dtype="int64"), records["month"].to_numpy(dtype="int64"),
+                       records["day"].to_numpy(dtype="int64"))
+    hours = (records["sched_dep_time"].to_numpy(dtype="int64") // 100).astype("timedelta64[h]")
+    local = pd.DatetimeIndex(days.astype("datetime64[h]") + hours)
+    derived = pd.Series(local.tz_localize(timezone, ambiguous=np.ones(len(local), dtype=bool),
+                                          nonexistent="shift_forward").tz_convert("UTC"), index=records.index)
     return given.fillna(derived).dt.floor("h").astype("datetime64[us, UTC]")
 
 
-def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFrame, planes_lookup: pd.DataFrame,
-                                timezone: str) -> pd.DataFrame:
+class LookupIndex:
+    """The weather and plane lookup tables indexed for per-request joins (a dict probe per record instead of
+    two DataFrame merges; the values are the same float64 numbers, so features are unchanged).
+
+    Args:
+        weather_lookup: columns origin, weather_hour (UTC), WEATHER_COLUMNS; one row per (origin, hour).
+        planes_lookup: columns tailnum, PLANE_COLUMNS; one row per tailnum.
+    """
+
+    def __init__(self, weather_lookup: pd.DataFrame, planes_lookup: pd.DataFrame):
+        hours = pd.to_datetime(weather_lookup["weather_hour"], utc=True).astype("datetime64[us, UTC]")
+        self._weather = {(o, int(h)): i for i, (o, h) in
+                         enumerate(zip(weather_lookup["origin"].tolist(), hours.astype("int64").tolist()))}
+        self._weather_values = weather_lookup[list(WEATHER_COLUMNS)].to_numpy(dtype="float64")
+        self._planes = {t: i for i, t in enumerate(planes_lookup["tailnum"].tolist())}
+        self._plane_values = planes_lookup[list(PLANE_COLUMNS)].to_numpy(dtype="float64")
+
+    @staticmethod
+    def _take(values: np.ndarray, rows: list[int]) -> np.ndarray:
+        """``values[rows]`` with NaN rows where ``rows`` is -1 (no match: a left join's nulls)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(idx), values.shape[1]), np.nan)
+        hit = idx >= 0
+        out[hit] = values[idx[hit]]
+        return out
+
+    def weather(self, origin: list, hour_us: np.ndarray, hour_known: np.ndarray) -> np.ndarray:
+        """Weather columns (n, 9) for each (origin, UTC hour in microseconds); NaN where unknown."""
+        get = self._weather.get
+        rows = [get((o, int(h)), -1) if ok else -1 for o, h, ok in zip(origin, hour_us, hour_known)]
+        return self._take(self._weather_values, rows)
+
+    def planes(self, tailnum: list) -> np.ndarray:
+        """Plane columns (n, 3) for each tail number; NaN where unknown or null."""
+        get = self._planes.get
+        return self._take(self._plane_values, [get(t, -1) if isinstance(t, str) else -1 for t in tailnum])
+
+
+def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFrame | None,
+                                planes_lookup: pd.DataFrame | None, timezone: str,
+                                index: LookupIndex | None = None) -> pd.DataFrame:
     """The pandas twin of :func:`spark_flights_with_lookups` for serving.
 
     Args:
@@ -127,36 +180,44 @@ def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFr
         weather_lookup: columns origin, weather_hour (UTC), WEATHER_COLUMNS.
         planes_lookup: columns tailnum, PLANE_COLUMNS.
         timezone: IANA zone of the scheduled times.
+        index: the two lookups already indexed (:class:`LookupIndex`, built once per model version by
+            :class:`~mlops_ray.preprocess.records.RecordTransformer`); None builds it from the frames.
 
     Returns:
         DataFrame of shape (n, ...) in the input order with every feature in ``KNOWN_FEATURES``.
     """
-    out = pd.DataFrame(index=records.index)
-    year = records["year"].astype("int64")
-    month = records["month"].astype("int64")
-    day = records["day"].astype("int64")
-    sdt = records["sched_dep_time"].astype("int64")
-    dates = pd.to_datetime({"year": year, "month": month, "day": day})
+    if index is None:
+        index = LookupIndex(weather_lookup, planes_lookup)
+    out: dict[str, object] = {}  # columns, then one DataFrame: inserting column by column costs ~0.4 ms each
+    year = records["year"].to_numpy(dtype="int64")
+    month = records["month"].to_numpy(dtype="int64")
+    days = _local_days(year, month, records["day"].to_numpy(dtype="int64"))
+    sdt = records["sched_dep_time"].to_numpy(dtype="int64")
     out["month"] = month.astype("float64")
-    out["day_of_week"] = (dates.dt.day_of_week + 1).astype("float64")
+    dow = (days.astype("int64") + 3) % 7 + 1.0  # 1970-01-01 was a Thursday; Monday = 1
+    out["day_of_week"] = np.where(np.isnat(days), np.nan, dow)
     out["sched_dep_minute_of_day"] = ((sdt // 100) * 60 + sdt % 100).astype("float64")
-    sat = pd.to_numeric(records["sched_arr_time"], errors="coerce") if "sched_arr_time" in records \
-        else pd.Series(np.nan, index=records.index)
-    out["sched_arr_minute_of_day"] = (np.floor(sat / 100) * 60 + np.mod(sat, 100)).astype("float64")
-    out["distance"] = records["distance"].astype("float64")
-    for c in ("carrier", "origin", "dest"):
-        out[c] = records[c].astype("object")
-    both = records["origin"].notna() & records["dest"].notna()
-    out["route"] = (records["origin"].astype(str) + "-" + records["dest"].astype(str)).where(both, None)
-    out["weather_hour"] = pandas_weather_hour(records, timezone)
-    out["tailnum"] = records["tailnum"].astype("object") if "tailnum" in records else None
-    wl = weather_lookup.copy()
-    wl["weather_hour"] = pd.to_datetime(wl["weather_hour"], utc=True).astype("datetime64[us, UTC]")
-    merged = out.reset_index(names="_pos").merge(wl, on=["origin", "weather_hour"], how="left")
-    merged = merged.merge(planes_lookup, on="tailnum", how="left")
-    merged = merged.sort_values("_pos").set_index("_pos")
-    merged.index = records.index
-    return merged
+    sat = pd.to_numeric(records["sched_arr_time"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) \
+        if "sched_arr_time" in records else np.full(len(records), np.nan)
+    out["sched_arr_minute_of_day"] = np.floor(sat / 100) * 60 + np.mod(sat, 100)
+    out["distance"] = records["distance"].to_numpy(dtype="float64")
+    origin, dest = records["origin"].tolist(), records["dest"].tolist()
+    out["carrier"] = np.asarray(records["carrier"].tolist(), dtype=object)
+    out["origin"] = np.asarray(origin, dtype=object)
+    out["dest"] = np.asarray(dest, dtype=object)
+    out["route"] = np.asarray([f"{o}-{d}" if isinstance(o, str) and isinstance(d, str) else None
+                               for o, d in zip(origin, dest)], dtype=object)
+    hour = pandas_weather_hour(records, timezone)
+    out["weather_hour"] = hour  # a Series on records.index: keeps its tz-aware dtype
+    tailnum = records["tailnum"].tolist() if "tailnum" in records else [None] * len(records)
+    out["tailnum"] = np.asarray(tailnum, dtype=object)
+    weather = index.weather(origin, hour.astype("int64").to_numpy(), hour.notna().to_numpy())
+    for j, c in enumerate(WEATHER_COLUMNS):
+        out[c] = weather[:, j]
+    planes = index.planes(tailnum)
+    for j, c in enumerate(PLANE_COLUMNS):
+        out[c] = planes[:, j]
+    return pd.DataFrame(out, index=records.index)
 
 
 #: The serving input schema (../shared/CONTRACTS.md): name -> (type, required).

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlops_ray.preprocess.derive import pandas_flights_with_lookups
+from mlops_ray.preprocess.derive import LookupIndex, pandas_flights_with_lookups
 from mlops_ray.preprocess.feature_spec import FeatureSpec
 
 
@@ -30,6 +30,7 @@ class RecordTransformer:
         self.spec = spec
         self.weather_lookup = weather_lookup
         self.planes_lookup = planes_lookup
+        self._index = LookupIndex(weather_lookup, planes_lookup) if weather_lookup is not None else None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "RecordTransformer":
@@ -56,7 +57,7 @@ class RecordTransformer:
         if self.spec.recipe == "table":
             return self.frame(records)
         return pandas_flights_with_lookups(self.frame(records), self.weather_lookup, self.planes_lookup,
-                                           self.spec.timezone)
+                                           self.spec.timezone, index=self._index)
 
     def transform(self, records: list[dict] | pd.DataFrame) -> np.ndarray:
         """Feature matrix, float64 of shape (len(records), spec.width)."""
