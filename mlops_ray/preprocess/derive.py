@@ -145,9 +145,12 @@ class LookupIndex:
         hours = pd.to_datetime(weather_lookup["weather_hour"], utc=True).astype("datetime64[us, UTC]")
         self._weather = {(o, int(h)): i for i, (o, h) in
                          enumerate(zip(weather_lookup["origin"].tolist(), hours.astype("int64").tolist()))}
-        self._weather_values = weather_lookup[list(WEATHER_COLUMNS)].to_numpy(dtype="float64")
+        #: the lookup columns present (a table may carry fewer than WEATHER_COLUMNS / PLANE_COLUMNS), in order
+        self.weather_columns = [c for c in WEATHER_COLUMNS if c in weather_lookup.columns]
+        self.plane_columns = [c for c in PLANE_COLUMNS if c in planes_lookup.columns]
+        self._weather_values = weather_lookup[self.weather_columns].to_numpy(dtype="float64")
         self._planes = {t: i for i, t in enumerate(planes_lookup["tailnum"].tolist())}
-        self._plane_values = planes_lookup[list(PLANE_COLUMNS)].to_numpy(dtype="float64")
+        self._plane_values = planes_lookup[self.plane_columns].to_numpy(dtype="float64")
 
     @staticmethod
     def _take(values: np.ndarray, rows: list[int]) -> np.ndarray:
@@ -159,13 +162,13 @@ class LookupIndex:
         return out
 
     def weather(self, origin: list, hour_us: np.ndarray, hour_known: np.ndarray) -> np.ndarray:
-        """Weather columns (n, 9) for each (origin, UTC hour in microseconds); NaN where unknown."""
+        """Weather columns (n, len(weather_columns)) for each (origin, UTC hour in microseconds); NaN where unknown."""
         get = self._weather.get
         rows = [get((o, int(h)), -1) if ok else -1 for o, h, ok in zip(origin, hour_us, hour_known)]
         return self._take(self._weather_values, rows)
 
     def planes(self, tailnum: list) -> np.ndarray:
-        """Plane columns (n, 3) for each tail number; NaN where unknown or null."""
+        """Plane columns (n, len(plane_columns)) for each tail number; NaN where unknown or null."""
         get = self._planes.get
         return self._take(self._plane_values, [get(t, -1) if isinstance(t, str) else -1 for t in tailnum])
 
@@ -212,10 +215,10 @@ def pandas_flights_with_lookups(records: pd.DataFrame, weather_lookup: pd.DataFr
     tailnum = records["tailnum"].tolist() if "tailnum" in records else [None] * len(records)
     out["tailnum"] = np.asarray(tailnum, dtype=object)
     weather = index.weather(origin, hour.astype("int64").to_numpy(), hour.notna().to_numpy())
-    for j, c in enumerate(WEATHER_COLUMNS):
+    for j, c in enumerate(index.weather_columns):
         out[c] = weather[:, j]
     planes = index.planes(tailnum)
-    for j, c in enumerate(PLANE_COLUMNS):
+    for j, c in enumerate(index.plane_columns):
         out[c] = planes[:, j]
     return pd.DataFrame(out, index=records.index)
 
