@@ -36,7 +36,8 @@ def test_a_tables_config_with_every_source_type():
 
 @pytest.mark.parametrize("tables, match", [
     ({"weather": FILE},
-     r"ingest\.tables must name a 'flights' table when ingest\.source is 'tables'; got \['weather'\]"),
+     r"ingest\.tables must name the main table 'flights' \(ingest\.main_table\) when ingest\.source is 'tables'; "
+     r"got \['weather'\]"),
     ({"flights": {**FILE, "type": "ftp"}},
      r"ingest\.tables\.flights: Input tag 'ftp' found using 'type' does not match"),
     ({"flights": {**FILE, "format": "xml"}},
