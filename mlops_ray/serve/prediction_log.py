@@ -95,6 +95,21 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _prediction_rows(request_id: str, model_name: str, model_version, records, predictions) -> list[tuple]:
+    """The ``predictions`` table rows of one answer, in column order.
+
+    Raises:
+        ValueError: ``records`` and ``predictions`` differ in length or are empty.
+    """
+    if not records or len(records) != len(predictions):
+        raise ValueError(f"log_predictions needs as many predictions as records (>= 1); got "
+                         f"{len(records)} records and {len(predictions)} predictions")
+    now = _utc_now()
+    return [(request_id, i, model_name, str(model_version), now, json.dumps(rec, sort_keys=True),
+             float(p["probability"]), int(p["label"]), float(p["threshold"]))
+            for i, (rec, p) in enumerate(zip(records, predictions))]
+
+
 def _check_labels(labels: dict[int, int]) -> None:
     """Raises ValueError unless every label is the int 0 or 1."""
     bad = {i: v for i, v in labels.items() if v not in (0, 1) or isinstance(v, bool)}
@@ -207,13 +222,7 @@ class SQLitePredictionLog(PredictionLog):
             raise
 
     def log_predictions(self, request_id, model_name, model_version, records, predictions) -> None:
-        if not records or len(records) != len(predictions):
-            raise ValueError(f"log_predictions needs as many predictions as records (>= 1); got "
-                             f"{len(records)} records and {len(predictions)} predictions")
-        now = _utc_now()
-        rows = [(request_id, i, model_name, str(model_version), now, json.dumps(rec, sort_keys=True),
-                 float(p["probability"]), int(p["label"]), float(p["threshold"]))
-                for i, (rec, p) in enumerate(zip(records, predictions))]
+        rows = _prediction_rows(request_id, model_name, model_version, records, predictions)
         with self._lock:
             try:
                 self._write(lambda c: c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows))
@@ -344,13 +353,7 @@ class PostgresPredictionLog(PredictionLog):
     def log_predictions(self, request_id, model_name, model_version, records, predictions) -> None:
         import psycopg
 
-        if not records or len(records) != len(predictions):
-            raise ValueError(f"log_predictions needs as many predictions as records (>= 1); got "
-                             f"{len(records)} records and {len(predictions)} predictions")
-        now = _utc_now()
-        rows = [(request_id, i, model_name, str(model_version), now, json.dumps(rec, sort_keys=True),
-                 float(p["probability"]), int(p["label"]), float(p["threshold"]))
-                for i, (rec, p) in enumerate(zip(records, predictions))]
+        rows = _prediction_rows(request_id, model_name, model_version, records, predictions)
         with self._lock:
             try:
                 self._run(lambda cur: cur.executemany(
