@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,7 +180,8 @@ class OnlineDriftRecorder:
     Example (a Serve replica)::
 
         rec = OnlineDriftRecorder(DriftReference.from_model_dir(model_dir), cfg.window_s).start(cfg.push_interval_s)
-        rec.observe(transformer.derived(records), probabilities)   # per request
+        proba, columns = served_model.score(records)                # per request
+        rec.observe(columns, proba)
     """
 
     def __init__(self, reference: DriftReference, window_s: float = 300.0, slots: int = 10,
@@ -198,13 +200,23 @@ class OnlineDriftRecorder:
         self._stop = threading.Event()
 
     def observe(self, derived, scores, now: float | None = None) -> None:
-        """Count one request: ``derived`` the pre-encoding features (DataFrame (n, ...), as
-        ``RecordTransformer.derived`` returns; missing columns count as null), ``scores`` the
-        predicted probabilities (n,). ``now``: seconds since the epoch (default: now)."""
-        cols = _column_arrays(derived, self._names)
+        """Count one request.
+
+        Args:
+            derived: the pre-encoding features of its n records: a mapping column -> values of shape (n,)
+                (as ``RecordTransformer.derived_columns`` / ``ServedModel.score`` return them; the cheap
+                per-request form) or a DataFrame (n, ...) (as ``RecordTransformer.derived`` returns).
+                A missing feature counts as null; other columns are ignored.
+            scores: the predicted probabilities, shape (n,).
+            now: seconds since the epoch (default: now).
+        """
+        if isinstance(derived, Mapping):
+            cols, n = {k: derived[k] for k in self._names if k in derived}, len(scores)
+        else:
+            cols, n = _column_arrays(derived, self._names), len(derived)
         cols[_SCORE] = scores
         with self._lock:
-            self.window_.update_columns(cols, len(derived), now=now)
+            self.window_.update_columns(cols, n, now=now)
 
     def snapshot(self) -> dict[str, Any]:
         """The window as the monitor takes it: ``{"replica_id", "slot_start": (slots,), "counts": {feature:

@@ -20,8 +20,11 @@ Vector layout (fixed at fit time)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,6 +80,11 @@ class CategoricalSpec:
     def other_slot(self) -> int:
         """Offset of the ``<other>`` slot (unseen or capped values) inside the block."""
         return len(self.labels) + 1
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Label -> its offset inside the block (built once)."""
+        return {v: i for i, v in enumerate(self.labels)}
 
 
 @dataclass(frozen=True)
@@ -178,30 +186,67 @@ class FeatureSpec:
         return json.dumps(rnd(self.to_dict()), sort_keys=True).encode()
 
     # -------------------------------------------------------------- transform
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame | Mapping[str, Any], n: int | None = None) -> np.ndarray:
         """Feature matrix for derived rows.
 
         Args:
-            frame: DataFrame of shape (n, k) holding every name in ``numeric`` and ``categorical``
-                (the output of ``pandas_flights_with_lookups``).
+            frame: the derived rows, holding every name in ``numeric`` and ``categorical``: a DataFrame of
+                shape (n, k) (the output of ``pandas_flights_with_lookups``), or a mapping column -> values of
+                shape (n,) (ndarray, Series or list; the output of ``RecordTransformer.derived_columns``).
+                Numeric values are read as ``pd.to_numeric(errors="coerce")`` reads them (null or not a
+                number -> imputed); categorical ones through :func:`category_key`. Both forms of the same
+                rows give the same matrix bit for bit.
+            n: rows, for a mapping (default: the length of its first feature column); ignored for a DataFrame.
 
         Returns:
             float64 array of shape (n, ``width``).
+
+        Raises:
+            KeyError: a feature column is missing.
         """
-        n = len(frame)
+        columnar = not isinstance(frame, pd.DataFrame)
+        if not columnar:
+            n = len(frame)
+        elif n is None:
+            first = (self.numeric or tuple(c.name for c in self.categorical) or (None,))[0]
+            n = len(frame[first]) if first is not None else 0
         out = np.zeros((n, self.width), dtype=np.float64)
-        for j, name in enumerate(self.numeric):
-            x = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            x = np.where(np.isnan(x), self.impute[j], x)
-            sd = self.std[j]
-            out[:, j] = (x - self.mean[j]) / sd if sd != 0.0 else 0.0
-        col = len(self.numeric)
+        m = len(self.numeric)
+        if m:
+            X = np.empty((n, m), dtype=np.float64)
+            for j, name in enumerate(self.numeric):
+                X[:, j] = _numeric(frame[name]) if columnar else \
+                    pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            impute, mean, std, zero = self._scaling
+            X = np.where(np.isnan(X), impute, X)  # the same IEEE operations per value as column by column
+            out[:, :m] = (X - mean) / std
+            out[:, zero] = 0.0  # std 0 (a constant in training): 0.0, as Spark's StandardScaler
+        col = m
         rows = np.arange(n)
         for c in self.categorical:
-            index = {v: i for i, v in enumerate(c.labels)}
+            index = c.index
+            values = frame[c.name]
+            values = values.tolist() if hasattr(values, "tolist") else list(values)
             slots = np.fromiter(
-                (c.missing_slot if k is None else index.get(k, c.other_slot)
-                 for k in map(category_key, frame[c.name].tolist())), dtype=np.int64, count=n)
+                (c.missing_slot if k is None else index.get(k, c.other_slot) for k in map(category_key, values)),
+                dtype=np.int64, count=n)
             out[rows, col + slots] = 1.0
             col += c.width
         return out
+
+    @cached_property
+    def _scaling(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(impute, mean, std with 1.0 where it is 0: each (len(numeric),); positions where std is 0)."""
+        std = np.asarray(self.std, dtype=np.float64)
+        zero = std == 0.0
+        return (np.asarray(self.impute, dtype=np.float64), np.asarray(self.mean, dtype=np.float64),
+                np.where(zero, 1.0, std), np.flatnonzero(zero))
+
+
+def _numeric(col: Any) -> np.ndarray:
+    """float64 (n,) of one column as ``pd.to_numeric(errors="coerce")`` reads it (NaN for null or not a number)."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "biuf":
+        return col.astype(np.float64, copy=False)
+    if not isinstance(col, pd.Series):
+        col = pd.Series(col if isinstance(col, np.ndarray) else list(col), dtype=object)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

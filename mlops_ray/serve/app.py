@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -370,15 +371,16 @@ class ModelServer:
             logger.info("serving %s v%s%s", champion.name, champion.version,
                         f" with challenger v{challenger.version}" if challenger is not None else "")
 
-    def _observe(self, champion: ServedModel, records: list[dict], scores: list[float]) -> None:
+    def _observe(self, champion: ServedModel, records: list[dict], scores: list[float],
+                 columns: dict[str, Any] | None = None) -> None:
         """Add answered records to the online drift window (:mod:`mlops_ray.monitor.online`).
 
         The window counts in the bins of the champion's training reference; a new champion gets a new
-        recorder (the monitor drops windows on other bins). Never raises: drift is best effort and
-        never affects answers.
+        recorder (the monitor drops windows on other bins). ``columns``: the records' derived features as
+        the champion's transformer made them while scoring (:meth:`ServedModel.score`); None (another
+        model scored) derives them here with the champion's transformer. Never raises: drift is best
+        effort and never affects answers.
         """
-        import numpy as np
-
         from mlops_ray.config import MonitorConfig
         from mlops_ray.monitor.online import DriftReference, OnlineDriftRecorder, monitor_actor_name
 
@@ -394,7 +396,9 @@ class ModelServer:
                                               monitor_name=monitor_actor_name(self._monitor_app))
                     rec.version = champion.version
                     self._recorder = rec.start(mc.push_interval_s)
-            rec.observe(champion.transformer.derived(records), np.asarray(scores, dtype=float))
+            if columns is None:
+                columns = champion.transformer.derived_columns(records)
+            rec.observe(columns, np.asarray(scores, dtype=float))
         except Exception:  # noqa: BLE001 - best effort: logged, never raised into a request
             logger.exception("online drift: observing %d records failed", len(records))
 
@@ -523,18 +527,20 @@ class ModelServer:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _score_batched(self, items: list[tuple[ServedModel, list[dict]]]) -> list[Any]:
         """Several requests' (model, records): one ``predict_proba`` call per model over all their records, split
-        back in request order. A request whose records fail is scored alone, so only it gets the error."""
+        back in request order, each as (predictions, derived columns) (:meth:`_score`). A request whose records
+        fail is scored alone, so only it gets the error."""
         out: list[Any] = [None] * len(items)
         groups: dict[int, tuple[ServedModel, list[int]]] = {}
         for i, (m, _) in enumerate(items):
             groups.setdefault(id(m), (m, []))[1].append(i)
         for m, idx in groups.values():
             try:
-                proba = m.predict_proba([r for i in idx for r in items[i][1]])
+                proba, columns = m.score([r for i in idx for r in items[i][1]])
             except Exception:  # noqa: BLE001 - find the request at fault: score each alone
                 for i in idx:
                     try:
-                        out[i] = m.predictions(items[i][1])
+                        p, cols = m.score(items[i][1])
+                        out[i] = (m.predictions_from(p), cols)
                     except Exception as e:  # noqa: BLE001 - handed to that request's caller
                         out[i] = e
                 continue
@@ -545,13 +551,18 @@ class ModelServer:
             pos = 0
             for i in idx:
                 n = len(items[i][1])
-                out[i] = m.predictions_from(proba[pos:pos + n])
+                out[i] = (m.predictions_from(proba[pos:pos + n]),
+                          {k: v[pos:pos + n] if isinstance(v, np.ndarray) else v.iloc[pos:pos + n]
+                           for k, v in columns.items()})
                 pos += n
         return out
 
-    async def _score(self, m: ServedModel, records: list[dict]) -> list[dict[str, Any]]:
+    async def _score(self, m: ServedModel, records: list[dict]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The API's prediction objects for ``records`` scored by ``m`` (batched with other requests when
+        batching is on), and the records' derived features (column -> (n,) values, :meth:`ServedModel.score`)."""
         if not self.batching.enabled:
-            return m.predictions(records)
+            proba, columns = m.score(records)
+            return m.predictions_from(proba), columns
         res = await self._score_batched((m, records))
         if isinstance(res, BaseException):
             raise res
@@ -586,7 +597,7 @@ class ModelServer:
                 raise ApiError(503, "unavailable", "no model loaded yet; retry when /readyz answers 200")
             m = ro.pick(rid)
             records = validate_records(payload, self.max_records, m.transformer.spec)
-            preds = await self._score(m, records)
+            preds, columns = await self._score(m, records)
             try:  # written before the answer: feedback must find it, whichever replica it reaches
                 await asyncio.to_thread(log.log_predictions, rid, m.name, m.version, payload["records"], preds)
             except DuplicateRequestId:
@@ -608,7 +619,8 @@ class ModelServer:
             task.add_done_callback(self._background.discard)
         if self._monitor_cfg is not None:  # online drift: counted off the answer's path, in the champion's bins
             task = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(self._observe, ro.champion, records, [p["probability"] for p in preds]))
+                asyncio.to_thread(self._observe, ro.champion, records, [p["probability"] for p in preds],
+                                  columns if m is ro.champion else None))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         body: dict[str, Any] = {"request_id": rid, "model": {"name": m.name, "version": m.version, "alias": m.alias},

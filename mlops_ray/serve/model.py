@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mlops_ray.preprocess.records import RecordTransformer
 
@@ -48,10 +49,30 @@ class ServedModel:
                    transformer=RecordTransformer.from_dir(path), threshold=float(info["threshold"]), info=info,
                    path=str(path))
 
-    def predict_proba(self, records: list[dict]) -> np.ndarray:
-        """P(delay > 15 min) per record, float64 of shape (len(records),)."""
-        X = self.transformer.transform(records)
-        return self.estimator.predict_proba(X)[:, 1]
+    def predict_proba(self, records: list[dict] | pd.DataFrame) -> np.ndarray:
+        """P(delay > 15 min) per record, float64 of shape (len(records),).
+
+        ``records``: validated request records (list of dicts; the column-array path) or a DataFrame of raw
+        rows (the pandas path); both give the same numbers.
+        """
+        if isinstance(records, pd.DataFrame):
+            return self.estimator.predict_proba(self.transformer.transform(records))[:, 1]
+        return self.score(records)[0]
+
+    def score(self, records: list[dict]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Probabilities and the derived features they were computed from, in one derivation.
+
+        Args:
+            records: n validated records (:func:`~mlops_ray.serve.schema.validate_records`).
+
+        Returns:
+            (proba, columns): P(delay > 15 min), float64 (n,); and the pre-encoding features as
+            :meth:`~mlops_ray.preprocess.records.RecordTransformer.derived_columns` returns them, column ->
+            (n,) values (what the online drift recorder counts, so a replica derives once per request).
+        """
+        columns = self.transformer.derived_columns(records)
+        X = self.transformer.spec.transform(columns, n=len(records))
+        return self.estimator.predict_proba(X)[:, 1], columns
 
     def predictions(self, records: list[dict]) -> list[dict[str, Any]]:
         """The API's prediction objects: probability, label (at the threshold), threshold."""

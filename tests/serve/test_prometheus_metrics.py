@@ -11,17 +11,14 @@ right series with a wrong count, must fail.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
-import yaml
 
-from tests.conftest import SERVE_PORT, free_port
+from tests.conftest import SERVE_PORT, running_prometheus
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,33 +32,9 @@ POLL_TIMEOUT_S = 60
 @pytest.fixture(scope="module")
 def prometheus(pipeline_run, tmp_path_factory):
     """A real Prometheus (Debian's) on a free loopback port scraping the session Ray's metrics port every second."""
-    cfg = pipeline_run[0]
-    d = tmp_path_factory.mktemp("prometheus-serve")
-    (d / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": "ray", "static_configs": [
-            {"targets": [f"127.0.0.1:{cfg.engines.ray.metrics_export_port}"]}]}]}))
-    port = free_port()
-    binary = shutil.which("prometheus") or pytest.fail("prometheus not found: apt-get install prometheus")
-    proc = subprocess.Popen([binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=subprocess.DEVNULL, stderr=(d / "prometheus.log").open("wb"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prometheus not ready within 60 s: {(d / 'prometheus.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+    with running_prometheus(tmp_path_factory.mktemp("prometheus-serve"),
+                            pipeline_run[0].engines.ray.metrics_export_port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
