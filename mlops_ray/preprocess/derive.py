@@ -8,7 +8,7 @@ raw columns each feature comes from, and no entry may name an outcome column.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -160,6 +160,20 @@ def _given_hours_us(values: list) -> list[int | None]:
     return _hours_us(given)
 
 
+def _remember(cache: dict, misses: dict[Any, list[int]], compute, out: list) -> None:
+    """Compute the values of the keys ``misses`` holds (key -> its positions in ``out``) in one ``compute(keys)``
+    call, remember them in ``cache`` (emptied first when it would grow beyond ``_CACHE_MAX``) and write each at
+    its positions in ``out``."""
+    keys = list(misses)
+    values = compute(keys)
+    if len(cache) + len(keys) > _CACHE_MAX:
+        cache.clear()
+    for k, v in zip(keys, values):
+        cache[k] = v
+        for i in misses[k]:
+            out[i] = v
+
+
 def weather_hours_us(days: np.ndarray, sched_dep_time: np.ndarray, time_hour: list,
                      timezone: str) -> tuple[np.ndarray, np.ndarray]:
     """The weather key of :func:`pandas_weather_hour` for column arrays, cached per distinct value.
@@ -195,14 +209,7 @@ def weather_hours_us(days: np.ndarray, sched_dep_time: np.ndarray, time_hour: li
         elif not _is_null(v):
             other.append(i)
     if todo:
-        texts = list(todo)
-        parsed = _given_hours_us(texts)
-        if len(_GIVEN_HOURS) + len(texts) > _CACHE_MAX:
-            _GIVEN_HOURS.clear()
-        for t, h in zip(texts, parsed):
-            _GIVEN_HOURS[t] = h
-            for i in todo[t]:
-                given[i] = h
+        _remember(_GIVEN_HOURS, todo, _given_hours_us, given)
     if other:
         for i, h in zip(other, _given_hours_us([time_hour[i] for i in other])):
             given[i] = h
@@ -216,15 +223,9 @@ def weather_hours_us(days: np.ndarray, sched_dep_time: np.ndarray, time_hour: li
             else:
                 out[i] = hit
     if miss:
-        ks = list(miss)
-        computed = _local_hours_us(np.array([k[1] for k in ks], dtype="int64").astype("datetime64[D]"),
-                                   np.array([k[2] for k in ks], dtype="int64"), timezone)
-        if len(_LOCAL_HOURS) + len(ks) > _CACHE_MAX:
-            _LOCAL_HOURS.clear()
-        for k, v in zip(ks, computed):
-            _LOCAL_HOURS[k] = v
-            for i in miss[k]:
-                out[i] = v
+        _remember(_LOCAL_HOURS, miss, lambda ks: _local_hours_us(
+            np.array([k[1] for k in ks], dtype="int64").astype("datetime64[D]"),
+            np.array([k[2] for k in ks], dtype="int64"), timezone), out)
     known = np.array([v is not None for v in out], dtype=bool)
     return np.array([0 if v is None else v for v in out], dtype="int64"), known
 
