@@ -53,6 +53,29 @@ def category_key(v: object) -> str | None:
     return None if s == MISSING else s
 
 
+def _integer_key(v: object) -> str | None:
+    """:func:`category_key` of a value of an integer column: ``1.0`` -> ``"1"`` (pandas turns an int column
+    holding a null into floats; Spark's ``CAST(1 AS STRING)`` is ``"1"``)."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return category_key(v)
+
+
+def _boolean_key(v: object) -> str | None:
+    """:func:`category_key` of a value of a boolean column: ``True`` -> ``"true"`` (Spark's ``CAST(true AS
+    STRING)``; Python's ``str`` gives ``"True"``)."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    return category_key(v)
+
+
+#: The key function of a categorical raw input per JSON type (:attr:`FeatureSpec.input_schema`), so that serving
+#: compares what training's ``CAST(column AS STRING)`` indexed; other types (and derived features) use
+#: :func:`category_key`. A ``number`` column keeps Python's float text (Spark writes ``1.0E-5`` where Python
+#: writes ``1e-05``): a categorical double is not supported bit for bit.
+CATEGORY_KEYS = {"integer": _integer_key, "boolean": _boolean_key}
+
+
 @dataclass(frozen=True)
 class CategoricalSpec:
     """One categorical feature: vocabulary -> one-hot block with two reserved slots.
@@ -194,8 +217,9 @@ class FeatureSpec:
                 shape (n, k) (the output of ``pandas_flights_with_lookups``), or a mapping column -> values of
                 shape (n,) (ndarray, Series or list; the output of ``RecordTransformer.derived_columns``).
                 Numeric values are read as ``pd.to_numeric(errors="coerce")`` reads them (null or not a
-                number -> imputed); categorical ones through :func:`category_key`. Both forms of the same
-                rows give the same matrix bit for bit.
+                number -> imputed); categorical ones through their key (:data:`CATEGORY_KEYS`: the text Spark's
+                ``CAST(... AS STRING)`` gives for the input's type). Both forms of the same rows give the same
+                matrix bit for bit.
             n: rows, for a mapping (default: the length of its first feature column); ignored for a DataFrame.
 
         Returns:
@@ -223,16 +247,23 @@ class FeatureSpec:
             out[:, zero] = 0.0  # std 0 (a constant in training): 0.0, as Spark's StandardScaler
         col = m
         rows = np.arange(n)
-        for c in self.categorical:
+        for c, key in zip(self.categorical, self._category_keys):
             index = c.index
             values = frame[c.name]
             values = values.tolist() if hasattr(values, "tolist") else list(values)
             slots = np.fromiter(
-                (c.missing_slot if k is None else index.get(k, c.other_slot) for k in map(category_key, values)),
+                (c.missing_slot if k is None else index.get(k, c.other_slot) for k in map(key, values)),
                 dtype=np.int64, count=n)
             out[rows, col + slots] = 1.0
             col += c.width
         return out
+
+    @cached_property
+    def _category_keys(self) -> tuple:
+        """The key function of each categorical feature (:data:`CATEGORY_KEYS` by its input type), in order."""
+        kinds = self.inputs
+        return tuple(CATEGORY_KEYS.get(kinds.get(c.name, ("string", False))[0], category_key)
+                     for c in self.categorical)
 
     @cached_property
     def _scaling(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

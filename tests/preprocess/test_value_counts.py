@@ -103,6 +103,42 @@ def test_spark_encoder_equals_the_spec_transform_on_nulls_nan_unseen_and_reserve
     assert (X_spec[:, 1] == 0.0).all()  # constant training column (std 0) -> 0.0, as Spark
 
 
+def test_integer_and_boolean_categoricals_serve_as_spark_indexed_them(spark):
+    """Training indexes CAST(column AS STRING): "1", "true". A request whose int column holds a null becomes float
+    in pandas (1.0) and Python writes True as "True": serving must still find "1" and "true", in both the
+    DataFrame and the per-request column path."""
+    from dataclasses import replace
+
+    from pyspark.ml.functions import vector_to_array
+
+    from mlops_ray.preprocess.records import RecordTransformer
+
+    schema = "id long, a double, n int, b boolean"
+    train = pd.DataFrame({"id": range(8), "a": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+                          "n": [1, 1, 1, 2, 2, 3, None, 1], "b": [True, True, False, True, None, True, False, True]})
+    vc = spark_value_counts(_frame(spark, train, schema), ("a",), ("n", "b"))
+    spec = replace(feature_spec_from_counts(vc, ("a",), ("n", "b"), 5, "median", "UTC", ("a", "n", "b")),
+                   recipe="table", input_schema=(("a", "number", True), ("n", "integer", False),
+                                                 ("b", "boolean", False)))
+    assert [c.labels for c in spec.categorical] == [("1", "2", "3"), ("true", "false")]
+    model = fit_encoder(_frame(spark, train, schema), spec)
+
+    records = [{"a": 2.5, "n": 2, "b": False}, {"a": 1.0, "n": None, "b": True}, {"a": 9.0, "n": 7},
+               {"a": 3.0, "n": 3, "b": None}, {"a": 4.0, "n": 1, "b": True}]
+    scored = pd.DataFrame.from_records([{"id": i, "n": None, "b": None, **r} for i, r in enumerate(records)],
+                                       columns=["id", "a", "n", "b"])
+    out = model.transform(_frame(spark, scored, schema)).withColumn("f", vector_to_array("features_vec"))
+    X_spark = np.stack(out.select("id", "f").toPandas().sort_values("id")["f"].to_numpy())
+    transformer = RecordTransformer(spec)
+    assert scored["n"].dtype == np.float64  # the pandas path sees 2.0, not 2
+    np.testing.assert_array_equal(transformer.transform(scored[["a", "n", "b"]]), X_spark)
+    np.testing.assert_array_equal(transformer.transform(records), X_spark)
+    for one, row in zip(records, X_spark):  # one record per request: no null to turn ints into floats
+        np.testing.assert_array_equal(transformer.transform([one])[0], row)
+    # the check can fail: Python's own text of the values ("2.0", "True") lands in <other>
+    assert replace(spec, input_schema=()).transform(scored)[:, 1:].tolist() != X_spark[:, 1:].tolist()
+
+
 def test_a_numeric_feature_null_in_every_training_row_is_a_data_error(spark):
     df = spark.createDataFrame(pd.DataFrame({"a": [1.0, 2.0], "b": [None, None]}).astype(object),
                                schema="a double, b double")
