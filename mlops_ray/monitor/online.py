@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,11 +78,14 @@ class DriftReference:
         numeric_edges: feature -> interior edges (k,) (k + 1 bins).
         categories: feature -> vocabulary (m,) (m + 1 slots: the last holds every other value).
         counts: feature -> reference counts per non-null bin/slot, (k + 1,) or (m + 1,).
+        category_types: categorical feature -> JSON type of its raw input where values need Spark's text
+            to match the vocabulary (``integer``, ``boolean``; from the version's ``feature_spec.json``).
     """
 
     numeric_edges: dict[str, list[float]]
     categories: dict[str, list[str]]
     counts: dict[str, list[float]]
+    category_types: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_stats(cls, stats: dict, features: Sequence[str] | None = None) -> "DriftReference":
@@ -113,7 +116,8 @@ class DriftReference:
 
     @classmethod
     def from_model_dir(cls, path: str | Path, features: Sequence[str] | None = None) -> "DriftReference":
-        """From the ``reference_stats.json`` of a downloaded model version (searched below ``path`` too).
+        """From the ``reference_stats.json`` of a downloaded model version (searched below ``path`` too), with the
+        categorical input types of the ``feature_spec.json`` beside it (``category_types``).
 
         Raises:
             FileNotFoundError: no reference_stats.json under ``path`` (a version registered before
@@ -125,7 +129,15 @@ class DriftReference:
         if not found:
             raise FileNotFoundError(f"no reference_stats.json under {path}; register the model again with this "
                                     "version of mlops_ray (preprocess writes the drift reference).")
-        return cls.from_stats(json.loads(found[0].read_text()), features)
+        ref = cls.from_stats(json.loads(found[0].read_text()), features)
+        spec = found[0].parent / "feature_spec.json"
+        if spec.is_file():
+            from mlops_ray.preprocess.feature_spec import CATEGORY_KEYS, FeatureSpec
+
+            inputs = FeatureSpec.load(spec).inputs
+            ref = replace(ref, category_types={n: inputs[n][0] for n in ref.categories
+                                               if n in inputs and inputs[n][0] in CATEGORY_KEYS})
+        return ref
 
     @property
     def features(self) -> list[str]:
@@ -141,7 +153,8 @@ class DriftReference:
 
     def new_window(self, window_s: float, slots: int = 10) -> FeatureWindow:
         """An empty window over these bins plus the score histogram."""
-        return FeatureWindow({**self.numeric_edges, _SCORE: list(SCORE_EDGES)}, self.categories, window_s, slots)
+        return FeatureWindow({**self.numeric_edges, _SCORE: list(SCORE_EDGES)}, self.categories, window_s, slots,
+                             category_types=self.category_types)
 
 
 def _column_arrays(frame, names: Sequence[str]) -> dict[str, Any]:

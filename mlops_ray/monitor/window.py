@@ -29,13 +29,19 @@ class FeatureWindow:
         categories: feature -> reference categories (m,) (m + 1 buckets: the last is unseen).
         window_s: window length, seconds.
         slots: the window is kept as this many time slots (expiry granularity window_s / slots).
+        category_types: categorical feature -> the JSON type of its raw input (``integer``, ``boolean``):
+            its values are compared as Spark's ``CAST(... AS STRING)`` wrote the reference categories
+            (``True`` -> ``"true"``, ``1.0`` of an int column -> ``"1"``; :data:`~mlops_ray.preprocess.
+            feature_spec.CATEGORY_KEYS`); other features compare ``str(value)``.
 
     Attributes:
         counts_: feature -> int64 array (slots, bins + 1): per slot, counts per bin, then nulls.
     """
 
     def __init__(self, numeric_edges: dict[str, Any], categories: dict[str, list[str]], window_s: float = 300.0,
-                 slots: int = 10):
+                 slots: int = 10, category_types: dict[str, str] | None = None):
+        from mlops_ray.preprocess.feature_spec import CATEGORY_KEYS
+
         self.numeric_edges = {k: np.asarray(v, dtype=float) for k, v in numeric_edges.items()}
         self.categories = {k: list(map(str, v)) for k, v in categories.items()}
         self.window_s = window_s
@@ -43,6 +49,9 @@ class FeatureWindow:
         self._index = {k: pd.Index(v) for k, v in self.categories.items()}
         self._edges_list = {k: v.tolist() for k, v in self.numeric_edges.items()}
         self._codes = {k: {c: j for j, c in enumerate(v)} for k, v in self.categories.items()}
+        #: categorical feature -> its key function (a typed input), else absent (``str``)
+        self._keys = {k: CATEGORY_KEYS[t] for k, t in (category_types or {}).items()
+                      if k in self.categories and t in CATEGORY_KEYS}
         width = {**{k: len(v) + 2 for k, v in self.numeric_edges.items()},
                  **{k: len(v) + 2 for k, v in self.categories.items()}}
         self.counts_ = {k: np.zeros((slots, w), dtype=np.int64) for k, w in width.items()}
@@ -72,7 +81,8 @@ class FeatureWindow:
         for name, index in self._index.items():
             col = records[name] if name in records else pd.Series([None] * n)
             null = col.isna().to_numpy()
-            codes = index.get_indexer(col[~null].astype(str))
+            key = self._keys.get(name)
+            codes = index.get_indexer(col[~null].map(key) if key else col[~null].astype(str))
             codes[codes < 0] = len(index)  # unseen
             row = self.counts_[name][i]
             row[:-1] += np.bincount(codes, minlength=len(index) + 1)
@@ -98,12 +108,13 @@ class FeatureWindow:
         for name, codes in self._codes.items():
             row = self.counts_[name][i]
             unseen = len(codes)
+            key = self._keys.get(name, str)
             for r in records:
                 v = r.get(name)
                 if v is None or (isinstance(v, float) and math.isnan(v)):
                     row[-1] += 1
                 else:
-                    row[codes.get(str(v), unseen)] += 1
+                    row[codes.get(key(v), unseen)] += 1
 
     def update_columns(self, columns: dict[str, Any], n: int, now: float | None = None) -> None:
         """Count ``n`` rows given as one array-like per feature (the per-request path for a derived frame).
@@ -147,9 +158,12 @@ class FeatureWindow:
                 row[-1] += n
                 continue
             unseen = len(codes)
+            key = self._keys.get(name)
             for v in (col.tolist() if hasattr(col, "tolist") else col):
                 if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
                     row[-1] += 1
+                elif key is not None:
+                    row[codes.get(key(v), unseen)] += 1
                 else:
                     row[codes.get(v if isinstance(v, str) else str(v), unseen)] += 1
 

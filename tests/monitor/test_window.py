@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,3 +83,37 @@ def test_the_per_request_path_counts_exactly_like_the_frame_path():
     assert tr["temp"].tolist() == (tf["temp"] + np.eye(len(tf["temp"]), dtype=int)[-1]).tolist()
     assert tr["carrier"][:-1].tolist() == (tf["carrier"][:-1] + np.eye(len(tf["carrier"]) - 1, dtype=int)[0]).tolist()
     assert tr["carrier"][-1] == tf["carrier"][-1]
+
+
+def test_typed_categoricals_count_as_spark_wrote_the_reference(tmp_path):
+    """A boolean or integer categorical's reference categories are Spark's text ("true", "1"): requests' True and
+    a pandas-upcast 1.0 must land there in every update path, not in the unseen bucket."""
+    from mlops_ray.monitor.online import DriftReference
+    from mlops_ray.preprocess.feature_spec import CategoricalSpec, FeatureSpec
+
+    cats, types = {"b": ["true", "false"], "n": ["1", "2"]}, {"b": "boolean", "n": "integer"}
+    records = [{"b": True, "n": 1}, {"b": False, "n": None}, {"b": None, "n": 2}, {"b": True, "n": 7}]
+    frame = pd.DataFrame.from_records(records)  # n becomes float64: 1.0, NaN, 2.0, 7.0
+    want = {"b": [2, 1, 0, 1], "n": [1, 1, 1, 1]}  # categories..., unseen, null
+    for update in (lambda w: w.update_records(records, now=1.0), lambda w: w.update(frame, now=1.0),
+                   lambda w: w.update_columns({k: frame[k].to_numpy() for k in cats}, len(frame), now=1.0),
+                   lambda w: w.update_columns({k: [r.get(k) for r in records] for k in cats}, 4, now=1.0)):
+        w = FeatureWindow({}, cats, category_types=types)
+        update(w)
+        assert {k: v.tolist() for k, v in w.totals(now=1.0).items()} == want
+        plain = FeatureWindow({}, cats)  # the check can fail: Python's text ("True", "1.0") is unseen
+        update(plain)
+        assert plain.totals(now=1.0)["b"][:2].tolist() == [0, 0]
+
+    # the types come from the version's feature_spec.json, beside its reference_stats.json
+    stats = {"numeric": {}, "categorical": {k: {"count": 10, "other": 0, "categories": [
+        {"value": c, "count": 5} for c in v]} for k, v in cats.items()}}
+    (tmp_path / "reference_stats.json").write_text(json.dumps(stats))
+    FeatureSpec(numeric=(), impute=(), mean=(), std=(), timezone="UTC", recipe="table",
+                categorical=tuple(CategoricalSpec(k, tuple(v)) for k, v in cats.items()),
+                input_schema=(("b", "boolean", False), ("n", "integer", False))).save(tmp_path / "feature_spec.json")
+    ref = DriftReference.from_model_dir(tmp_path)
+    assert ref.category_types == types
+    w = ref.new_window(300)
+    w.update_records(records, now=1.0)
+    assert w.totals(now=1.0)["b"].tolist() == want["b"]
