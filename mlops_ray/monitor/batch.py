@@ -64,7 +64,8 @@ def drift_report(spark: "SparkSession", records: "DataFrame", model_dir: str | P
 
     Raises:
         DataError: ``model_dir`` has no reference_stats.json (a version registered before drift
-            references existed), or a feature holds an infinite value.
+            references existed), ``records`` lacks a required input column of the model (its feature
+            spec's input schema), or a feature holds an infinite value.
     """
     from mlops_ray.preprocess import load_feature_spec
     from mlops_ray.preprocess.recipes import spark_derived
@@ -78,6 +79,11 @@ def drift_report(spark: "SparkSession", records: "DataFrame", model_dir: str | P
                         "mlops_ray (its preprocess writes the drift reference).")
     ref = json.loads(ref_path.read_text())
     spec = load_feature_spec(model_dir)
+    missing = [n for n, (_, required) in spec.inputs.items() if required and n not in records.columns]
+    if missing:
+        raise DataError(f"monitor --data: the data lacks the model's required input column(s) {missing}; it has "
+                        f"{sorted(records.columns)}. Give the raw records the model scores (the columns "
+                        f"{list(spec.inputs)}; GET /v1/model lists them with their types).")
     joined = spark_derived(spark, records, spec, model_dir / "lookups")
     counts = spark_value_counts(joined, tuple(ref["numeric"]), tuple(ref["categorical"]))
     features: dict[str, Any] = {}

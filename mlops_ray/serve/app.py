@@ -48,8 +48,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mlops_ray.preprocess.derive import INPUT_SCHEMA
 from mlops_ray.serve.model import ServedModel
 from mlops_ray.serve.prediction_log import DuplicateRequestId, UnknownRequestId
-from mlops_ray.serve.schema import (MAX_REQUEST_ID_CHARS, UNKNOWN_FIELD_LABEL, ApiError, input_schema_description,
-                                    parse_json_body, validate_feedback, validate_records)
+from mlops_ray.serve.schema import (MAX_REQUEST_ID_CHARS, UNKNOWN_FIELD_LABEL, ApiError, check_request_id_header,
+                                    input_schema_description, parse_json_body, validate_feedback, validate_records)
 
 logger = logging.getLogger(__name__)
 
@@ -589,6 +589,7 @@ class ModelServer:
         t0 = time.perf_counter()
         self._inflight += 1
         try:
+            check_request_id_header(request.headers.get("x-request-id"))
             payload = await self._json_body(request)
             ro, log = self._rollout, self.prediction_log
             if self._stopping:

@@ -202,8 +202,24 @@ def input_schema_description(spec=None) -> list[dict[str, Any]]:
              **({"known_categories": cats[n]} if n in cats else {})} for n, (k, r) in inputs.items()]
 
 
-#: Longest request id accepted (the server truncates X-Request-ID to this too).
+#: Longest request id accepted (an X-Request-ID header, or a feedback's request_id).
 MAX_REQUEST_ID_CHARS = 128
+
+
+def check_request_id_header(value: str | None) -> None:
+    """Refuse an ``X-Request-ID`` that could not be the answer's id: Ray Serve's proxy echoes the header as sent,
+    so an empty or over-long one would differ from the id in the body and the prediction log.
+
+    Raises:
+        ApiError: 422 ``validation_error`` with ``loc ["header", "X-Request-ID"]`` when ``value`` is given but
+            empty or longer than :data:`MAX_REQUEST_ID_CHARS` characters (None, no header: fine).
+    """
+    if value is not None and not 1 <= len(value) <= MAX_REQUEST_ID_CHARS:
+        raise ApiError(422, "validation_error",
+                       f"X-Request-ID must be 1 to {MAX_REQUEST_ID_CHARS} characters (got {len(value)}); send a "
+                       "shorter id, or none and the server makes one",
+                       [{"loc": ["header", "X-Request-ID"],
+                         "msg": f"a string of 1 to {MAX_REQUEST_ID_CHARS} characters, got {len(value)}"}])
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,16 @@ def test_the_training_months_do_not_drift_and_the_cli_writes_json_and_html(spark
     assert "Drift report" in html and "temp" in html
 
 
+def test_data_without_the_model_s_required_inputs_is_a_clear_error(spark, pipeline_run, champion_dir):
+    from mlops_ray.errors import DataError
+
+    junk = spark.createDataFrame([(1, 2), (3, 4)], "a int, b int")
+    with pytest.raises(DataError, match=r"lacks the model's required input column\(s\) \['year', 'month', 'day', "
+                                        r"'sched_dep_time', 'carrier', 'origin', 'dest', 'distance'\]; it has "
+                                        r"\['a', 'b'\]"):
+        drift_report(spark, junk, champion_dir, pipeline_run[0].monitor)
+
+
 def test_a_missing_data_path_and_a_version_without_reference_are_clear_errors(tmp_path):
     from mlops_ray.config import MonitorConfig
     from mlops_ray.errors import DataError

@@ -98,6 +98,9 @@ _JSON = {"headers": {"Content-Type": "application/json"}}
      422, "validation_error", ["records", 0, "\ud800"]),
     ("post", "/v1/predict", {"json": {"records": [{**GOOD, "year": 9999}]}}, 422, "validation_error",
      ["records", 0, "year"]),
+    # Serve's proxy echoes X-Request-ID as sent: one the body and the log could not carry is refused
+    ("post", "/v1/predict", {"json": {"records": [GOOD]}, "headers": {"X-Request-ID": "r" * 129}}, 422,
+     "validation_error", ["header", "X-Request-ID"]),
     ("post", "/v1/predict", {"json": {"records": [GOOD], "model": "v2"}}, 422, "validation_error", ["model"]),
     ("post", "/v1/predict", {"json": {"records": [GOOD, [1, 2]]}}, 422, "validation_error", ["records", 1]),
     # feedback
