@@ -517,7 +517,8 @@ class ModelServer:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "unsupported_media_type",
-                           f"content type '{ctype or 'none'}' not supported; send application/json")
+                           f"content type '{ctype}' not supported; send application/json" if ctype else
+                           "no Content-Type header; send the body as application/json")
         return parse_json_body(await self._read_body(request))
 
     def _internal_error(self, rid: str) -> JSONResponse:

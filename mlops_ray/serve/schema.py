@@ -56,9 +56,14 @@ def parse_json_body(raw: bytes) -> Any:
         text = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as e:
         raise ApiError(400, "bad_json", f"request body is not valid UTF-8 (byte {e.start}); send UTF-8 JSON") from None
+    if text.startswith("\ufeff"):
+        raise ApiError(400, "bad_json", "request body starts with a UTF-8 byte-order mark; send JSON without it")
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except ValueError as e:
+        if "int_max_str_digits" in str(e) or "Exceeds the limit" in str(e):  # CPython's guard on huge integers
+            raise ApiError(400, "bad_json", "request body holds an integer of more than 4300 digits; send numbers "
+                                            "of a realistic size") from None
         raise ApiError(400, "bad_json", f"request body is not valid JSON: {e}") from None
     except RecursionError:
         raise ApiError(400, "bad_json", "request body nests arrays/objects too deeply; send flat records") from None
