@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -460,24 +460,61 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file (
             model: Optional[str] = typer.Option(None, "--model", help="Model URI (default models:/<name>@champion)."),
             actors: int = typer.Option(1, "--actors", min=1, help="Scoring actors (each loads the model once)."),
             config: Optional[Path] = ConfigOpt) -> None:
-    """Batch scoring on Ray Data with the endpoint's validation and feature spec; invalid rows kept with an error."""
+    """Batch scoring on Ray Data with the endpoint's validation and feature spec; invalid rows kept with an error.
+
+    Ray: engines.ray.address or RAY_ADDRESS when set, else a Ray already running on this machine (e.g. the one \
+`run.sh --keep-serving` left), else a local Ray started for this command.
+
+    Exit code: 0 when every row was scored, 1 when some were rejected (reason in the `error` column), 2 on errors.
+    """
+    import os
+
     from mlops_ray.home import Home
-    from mlops_ray.serve.batch import run_batch_predict
+    from mlops_ray.serve.batch import run_batch_predict, running_local_ray
     from mlops_ray.sessions import Sessions
 
     _setup_logging(False)
     cfg = _load(config)
     home = Home.resolve().ensure()
     uri = model or f"models:/{cfg.register_.model_name}@champion"
+    engines, joined = cfg.engines, None
+    address = cfg.engines.ray.address or os.environ.get("RAY_ADDRESS")
+    ray_loaded = sys.modules.get("ray")
+    if not address and not (ray_loaded is not None and ray_loaded.is_initialized()):  # in-process: that Ray
+        joined = running_local_ray()
+        if joined:
+            err_console.print(f"joining the running Ray at {joined}", highlight=False, soft_wrap=True)
+            engines = cfg.engines.model_copy(update={"ray": cfg.engines.ray.model_copy(update={"address": joined})})
     try:
-        with Sessions(cfg.engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}}) as sessions:
-            res = run_batch_predict(cfg.register_, home, data, out, uri, sessions.ray(), actors=actors)
+        with Sessions(engines, ray_runtime_env={"env_vars": {"MLOPS_RAY_HOME": str(home.root)}}) as sessions:
+            try:
+                ray = sessions.ray()
+            except Exception as e:  # noqa: BLE001 - only ray.init runs here: say what failed and what to do
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                import ray as ray_module
+
+                ray_module.shutdown()  # whatever a failed start left behind
+                if joined:
+                    _fail(f"could not join the running Ray at {joined}: {reason}. Check it with `ray status --address "
+                          f"{joined}`, or set RAY_ADDRESS to the Ray cluster to use.", 2)
+                if address:
+                    _fail(f"could not connect to Ray at {address}: {reason}. Check that the cluster is up "
+                          f"(`ray status --address {address}`), or unset RAY_ADDRESS and engines.ray.address to use "
+                          "a local Ray.", 2)
+                _fail(f"could not start a local Ray: {reason}. If a Ray already runs on this machine, pass its "
+                      "address in RAY_ADDRESS (host:port, shown by `ray status`); otherwise free the port or set "
+                      "engines.ray.dashboard_port / metrics_export_port in the config to free ones.", 2)
+            res = run_batch_predict(cfg.register_, home, data, out, uri, ray, actors=actors)
     except (RegistryError, MlopsRayError) as e:
         _fail(str(e), 2)
-    if res.rows_invalid:
-        console.print(f"{res.rows_invalid:,} row(s) not scored (invalid input); their reason is in the 'error' column")
-    console.print(f"scored {res.rows_scored:,} of {res.rows_out:,} rows with {res.model_uri} -> {res.out} "
-                  f"({res.out_format})")
+    if not res.rows_invalid:
+        console.print(f"scored {res.rows_scored:,} of {res.rows_out:,} rows with {res.model_uri} -> {res.out} "
+                      f"({res.out_format})", soft_wrap=True)
+        return
+    console.print(f"wrote {res.rows_out:,} rows with {res.model_uri} -> {res.out} ({res.out_format})", soft_wrap=True)
+    console.print(f"scored {res.rows_scored:,} of {res.rows_out:,} rows; {res.rows_invalid:,} rejected "
+                  "(see the `error` column)", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 SUBMIT_VERBS = ("status", "logs", "stop")
@@ -606,9 +643,9 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
     console.print(t)
     r = report["rolling"]
     if r["rows"]:
-        console.print(f"feedback over the last {cfg.monitor.window_s:g} s: {r['rows']:,} labelled records; accuracy "
-                      f"{r['accuracy']:.3f}, F1 {r['f1']:.3f}, ROC AUC "
-                      f"{'-' if r['roc_auc'] is None else format(r['roc_auc'], '.3f')}")
+        from mlops_ray.monitor.online import rolling_summary
+
+        console.print(rolling_summary(r, cfg.monitor.window_s, cfg.monitor.min_window_rows))
     console.print(f"report: {html_path}  (JSON: {json_path})")
 
 
@@ -629,7 +666,8 @@ def _rolling_from_log(cfg, home) -> dict:
             log.close()
     else:
         arrays = labelled_predictions_since(sqlite_log_path(home), since)
-    return {**rolling_metrics(*arrays), "window_s": cfg.monitor.window_s}
+    return {**rolling_metrics(*arrays, min_rows=cfg.monitor.min_window_rows), "window_s": cfg.monitor.window_s,
+            "min_rows": cfg.monitor.min_window_rows}
 
 
 @app.command("feedback")

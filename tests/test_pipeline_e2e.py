@@ -112,8 +112,8 @@ def test_batch_predict_scores_valid_rows_and_reports_invalid_ones(pipeline_run, 
     rows.to_csv(src, index=False)
     monkeypatch.setenv("MLOPS_RAY_HOME", str(home.root))
     res = CliRunner().invoke(app, ["predict", "--data", str(src), "--out", str(tmp_path / "out.csv")])
-    assert res.exit_code == 0, res.output
-    assert "scored 4 of 6 rows" in res.output
+    assert res.exit_code == 1, res.output  # rows were rejected: not a success, every row still written
+    assert "scored 4 of 6 rows; 2 rejected" in res.output
     parts = sorted((tmp_path / "out.csv").glob("*.csv"))  # Ray Data writes a folder of part files, in order
     out = pd.concat([pd.read_csv(f) for f in parts], ignore_index=True)
     assert out["error"].notna().tolist() == [False, False, True, False, True, False]

@@ -7,7 +7,6 @@ the stages); everything else — the run record, the event log, the batch metric
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys

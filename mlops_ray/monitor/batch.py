@@ -149,7 +149,10 @@ td:first-child,th:first-child{text-align:left}.drift{color:#b00020;font-weight:6
 <td>{{ fmt(f.get('new_category_share')) }}</td><td>{{ (f.get("reasons") or [])|join("; ") }}</td></tr>{% endfor %}
 </table>
 {% if r.rolling %}<h2>Concept drift: feedback</h2>
-{% if r.rolling.rows %}<p>{{ r.rolling.rows }} labelled predictions received over the last {{ r.rolling.window_s }} s
+{% if r.rolling.rows and r.rolling.min_rows and r.rolling.rows < r.rolling.min_rows %}<p>{{ r.rolling.rows }} labelled
+predictions received over the last {{ r.rolling.window_s }} s (prediction log, joined by request id): fewer than
+monitor.min_window_rows = {{ r.rolling.min_rows }}, metrics not computed.</p>
+{% elif r.rolling.rows %}<p>{{ r.rolling.rows }} labelled predictions received over the last {{ r.rolling.window_s }} s
 (prediction log, joined by request id): accuracy {{ fmt(r.rolling.accuracy) }}, F1 {{ fmt(r.rolling.f1) }},
 ROC AUC {{ fmt(r.rolling.roc_auc) }}.</p>{% else %}<p class="muted">No feedback label received over the last
 {{ r.rolling.window_s }} s.</p>{% endif %}{% endif %}

@@ -37,9 +37,12 @@ class LabelImport:
 
     Attributes:
         rows: rows of the labels frame; always ``stored + len(rejects)``.
-        stored: labels stored in the prediction log (a label sent again replaces the earlier one).
-        rejects: the rows not stored, with a ``reason`` column (unknown request id, index outside the
-            request, label not 0/1, missing record_index for a multi-record request).
+        stored: rows whose label was stored in the prediction log (a label sent again for the same record
+            replaces the earlier one; both rows count as stored).
+        rejects: the rows not stored, exactly as given (every column of the input, values untouched), plus a
+            ``reason`` column naming the field at fault: request_id empty, unknown request id, label empty or
+            not 0/1, record_index not a whole number, outside the request, or missing for a multi-record
+            request. Several faults of one row are joined with ``"; "``.
     """
 
     rows: int
@@ -47,55 +50,113 @@ class LabelImport:
     rejects: "pd.DataFrame"
 
 
+def _is_empty(value) -> bool:
+    """None, NaN/NA, or text that is blank."""
+    import pandas as pd
+
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or other non-scalar: not empty, and not a number either
+        return False
+
+
+def _number(value) -> float | None:
+    """``value`` (a number or its text) as a float; None when it is not a finite number."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        x = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _shown(value) -> str:
+    """A value as the reason quotes it: text in quotes, numbers as they are."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _label_fault(value) -> tuple[int | None, str | None]:
+    """``(label, None)`` for 0/1 (number or text such as ``"1"``, ``"1.0"``), else ``(None, reason)``."""
+    if _is_empty(value):
+        return None, "label is empty"
+    x = _number(value)
+    if x is None or x not in (0.0, 1.0):
+        return None, f"label must be 0 or 1; got {_shown(value)}"
+    return int(x), None
+
+
+def _index_fault(value, n: int) -> tuple[int | None, str | None]:
+    """``(record_index, None)`` for a whole number in ``[0, n)`` (an empty value means 0 when ``n == 1``), else
+    ``(None, reason)``."""
+    if _is_empty(value):
+        if n != 1:
+            return None, f"record_index missing: the request held {n} records"
+        return 0, None
+    x = _number(value)
+    if x is None or x != int(x):
+        return None, f"record_index must be a whole number; got {_shown(value)}"
+    if not 0 <= int(x) < n:
+        return None, f"record_index {int(x)} outside the request's {n} record(s)"
+    return int(x), None
+
+
 def import_labels(log: "PredictionLog", labels: "pd.DataFrame") -> LabelImport:
     """Store each row's label for its logged prediction; return the accounting and the rejects.
+
+    Every row ends stored or rejected (``rows == stored + len(rejects)``); nothing is dropped, including rows
+    with an empty request id. Values may be numbers or their text (as :func:`read_labels` reads a CSV); the
+    rejects keep them as given.
 
     Raises:
         DataError: a required column (``request_id``, ``label``) is missing (names what the frame has).
     """
-    import pandas as pd
-
     missing = [c for c in REQUIRED if c not in labels.columns]
     if missing:
         raise DataError(f"labels: column(s) {missing} missing; expected request_id, label and (for requests of "
                         f"several records) record_index; got {list(labels.columns)}.")
-    frame = labels.reset_index(drop=True).copy()
-    if "record_index" not in frame:
-        frame["record_index"] = pd.NA
-    reasons: list[str | None] = [None] * len(frame)
-    for rid, group in frame.groupby(frame["request_id"].astype(str), sort=True):
+    given = labels.reset_index(drop=True)
+    rids = given["request_id"].tolist()
+    values = given["label"].tolist()
+    indices = given["record_index"].tolist() if "record_index" in given.columns else [None] * len(given)
+    reasons: list[str | None] = [None] * len(given)
+    by_request: dict[str, list[int]] = {}
+    for i, rid in enumerate(rids):
+        if _is_empty(rid):
+            reasons[i] = "request_id is empty"
+        else:
+            by_request.setdefault(str(rid), []).append(i)
+    for rid, rows in by_request.items():
         n = log.record_count(rid)
         if n == 0:
-            for i in group.index:
+            for i in rows:
                 reasons[i] = "unknown request_id: no logged prediction carries it"
             continue
         good: dict[int, int] = {}
-        for i, row in group.iterrows():
-            label, idx = row["label"], row["record_index"]
-            if pd.isna(idx):
-                if n != 1:
-                    reasons[i] = f"record_index missing: the request held {n} records"
-                    continue
-                idx = 0
-            if pd.isna(label) or float(label) not in (0.0, 1.0):
-                reasons[i] = f"label must be 0 or 1; got {label!r}"
-            elif float(idx) != int(float(idx)) or not 0 <= int(float(idx)) < n:
-                reasons[i] = f"record_index {idx!r} outside the request's {n} record(s)"
+        for i in rows:
+            label, label_fault = _label_fault(values[i])
+            idx, index_fault = _index_fault(indices[i], n)
+            faults = [f for f in (label_fault, index_fault) if f]
+            if faults:
+                reasons[i] = "; ".join(faults)
             else:
-                good[int(float(idx))] = int(float(label))  # the last row for an index wins, as on the endpoint
+                good[idx] = label  # the last row for an index wins, as on the endpoint
         if good:
             log.add_feedback(rid, good)
     rejected = np.array([r is not None for r in reasons], dtype=bool)
-    rejects = frame[rejected].assign(reason=[r for r in reasons if r is not None])
+    rejects = given[rejected].assign(reason=[r for r in reasons if r is not None])
     stored = int((~rejected).sum())
     if len(rejects):
-        logger.warning("labels: %d of %d rows not stored (%s)", len(rejects), len(frame),
-                       rejects["reason"].str.split(":").str[0].value_counts().to_dict())
-    return LabelImport(rows=len(frame), stored=stored, rejects=rejects.reset_index(drop=True))
+        logger.warning("labels: %d of %d rows not stored (%s)", len(rejects), len(given),
+                       rejects["reason"].str.split(r"[:;]").str[0].value_counts().to_dict())
+    return LabelImport(rows=len(given), stored=stored, rejects=rejects.reset_index(drop=True))
 
 
 def read_labels(path: str) -> "pd.DataFrame":
-    """A labels file as a DataFrame: Parquet (file or folder) or CSV (request ids read as text).
+    """A labels file as a DataFrame: Parquet (file or folder, its own types) or CSV (every value read as text,
+    an empty cell as ``""``, so rejects can be written back exactly as given; :func:`import_labels` parses).
 
     Raises:
         DataError: the file does not exist.
@@ -109,4 +170,4 @@ def read_labels(path: str) -> "pd.DataFrame":
         raise DataError(f"labels: {path} does not exist; pass a CSV or Parquet file with request_id and label.")
     if p.is_dir() or p.suffix == ".parquet":
         return pd.read_parquet(p)
-    return pd.read_csv(p, dtype={"request_id": str})
+    return pd.read_csv(p, dtype=str, keep_default_na=False)

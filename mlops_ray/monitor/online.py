@@ -15,8 +15,10 @@ the monitor sums the replicas' live slots and computes, every ``monitor.export_i
 
 and sets the gauges ``mlops_feature_psi{feature}``, ``mlops_feature_null_share{feature}``,
 ``mlops_rolling_metric{metric}`` (Ray exports them as ``ray_mlops_*``, ../shared/CONTRACTS.md)
-plus ``mlops_window_records``. A figure that is undefined (fewer than ``monitor.min_window_rows``
-non-null values, one class only for ROC AUC) is exported as NaN, so a stale value never lingers.
+plus ``mlops_window_records``. A figure that is undefined is exported as NaN, so a stale value
+never lingers: PSI with fewer than ``monitor.min_window_rows`` non-null values of the feature in the
+window; every rolling metric with fewer than ``monitor.min_window_rows`` labelled records in the
+window (:func:`rolling_metrics`); ROC AUC also when the labels hold one class only.
 
 Bins are the reference's (``reference_stats.json``, :mod:`mlops_ray.preprocess.reference`):
 numeric features use its interior ``edges`` (right-closed bins, ``searchsorted(side="left")``);
@@ -305,25 +307,60 @@ def labelled_predictions_since(log_path, since: float) -> tuple[np.ndarray, np.n
     return a[:, 0], a[:, 1].astype(int), a[:, 2].astype(int)
 
 
-def rolling_metrics(probability, predicted_label, true_label) -> dict[str, float | None]:
+def rolling_metrics(probability, predicted_label, true_label, min_rows: int = 1) -> dict[str, float | None]:
     """Accuracy, F1 (positive class 1) and ROC AUC of labelled predictions (scikit-learn).
+
+    A figure from a handful of labels is noise, so every metric is None (undefined; exported as NaN)
+    when fewer than ``min_rows`` labelled records are given, and ROC AUC is None as well when the
+    labels hold one class only. Callers pass ``monitor.min_window_rows``
+    (:class:`mlops_ray.config.MonitorConfig`, default 30), the same minimum online PSI uses:
+    :meth:`DriftMonitor.rolling` passes its ``min_rows``, the ``mlops-ray monitor`` report the
+    configured value. The default 1 only leaves out the empty case.
 
     Args:
         probability: predicted P(1), (n,); predicted_label: 0/1 at the served threshold, (n,);
         true_label: feedback labels 0/1, (n,).
+        min_rows: fewest labelled records for which the metrics are computed (``monitor.min_window_rows``).
 
     Returns:
-        ``{"rows", "accuracy", "f1", "roc_auc"}``; a metric is None when undefined (no rows; ROC AUC
-        with one class only).
+        ``{"rows", "accuracy", "f1", "roc_auc"}``: ``rows`` is always n; a metric is None when undefined
+        (n < ``min_rows``, no rows at all; ROC AUC with one class only).
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     n = len(true_label)
-    if n == 0:
-        return {"rows": 0, "accuracy": None, "f1": None, "roc_auc": None}
+    if n == 0 or n < min_rows:
+        return {"rows": n, **{m: None for m in ROLLING_METRICS}}
+    true_label = np.asarray(true_label)
     return {"rows": n, "accuracy": float(accuracy_score(true_label, predicted_label)),
             "f1": float(f1_score(true_label, predicted_label, zero_division=0)),
             "roc_auc": float(roc_auc_score(true_label, probability)) if len(set(true_label.tolist())) == 2 else None}
+
+
+def rolling_summary(rolling: Mapping[str, Any], window_s: float, min_rows: int) -> str:
+    """One line on the feedback of a window, as ``mlops-ray monitor`` prints it.
+
+    Args:
+        rolling: :func:`rolling_metrics`' result; window_s: the window, seconds (``monitor.window_s``);
+        min_rows: the minimum it was computed with (``monitor.min_window_rows``).
+
+    Example: ``feedback over the last 300 s: 5 labelled records (fewer than monitor.min_window_rows = 30:
+    metrics not computed)``; with enough labels ``...: 40 labelled records; accuracy 0.900, F1 0.880,
+    ROC AUC 0.950`` (ROC AUC ``-`` when the labels hold one class only).
+    """
+    n = int(rolling.get("rows") or 0)
+    head = f"feedback over the last {window_s:g} s: "
+    if n == 0:
+        return head + "no labelled record"
+    if n < min_rows:
+        return head + (f"{n:,} labelled record{'s' if n != 1 else ''} (fewer than monitor.min_window_rows = "
+                       f"{min_rows}: metrics not computed)")
+
+    def fmt(v):
+        return "-" if v is None else format(v, ".3f")
+
+    return head + (f"{n:,} labelled records; accuracy {fmt(rolling.get('accuracy'))}, F1 {fmt(rolling.get('f1'))}, "
+                   f"ROC AUC {fmt(rolling.get('roc_auc'))}")
 
 
 class DriftMonitor:
@@ -338,7 +375,8 @@ class DriftMonitor:
             PostgreSQL log's ``postgresql://`` URL (``deploy.prediction_log_url``); None: no rolling metrics.
         prediction_log_password_env: environment variable with the PostgreSQL log's password (or None).
         export_interval_s: how often the gauges are recomputed (0: only on :meth:`export`).
-        min_rows: fewer non-null values in the window than this: PSI undefined (NaN).
+        min_rows: ``monitor.min_window_rows``: fewer non-null values of a feature in the window than this, its PSI
+            is undefined (NaN); fewer labelled records than this, every rolling metric is (None, exported NaN).
         slots: the replicas' slot count (for ``window_start``).
     """
 
@@ -427,7 +465,8 @@ class DriftMonitor:
                 "score_histogram": score[:-1].tolist()}
 
     def rolling(self, now: float | None = None) -> dict[str, float | None]:
-        """:func:`rolling_metrics` of the feedback received in the window ending at ``now``."""
+        """:func:`rolling_metrics` of the feedback received in the window ending at ``now``, with this monitor's
+        ``min_rows`` (``monitor.min_window_rows``): fewer labelled records in the window, every metric None."""
         if self.prediction_log_path is None:
             return {"rows": 0, **{m: None for m in ROLLING_METRICS}}
         now = time.time() if now is None else now
@@ -438,7 +477,7 @@ class DriftMonitor:
 
                 self._pg_log = PostgresPredictionLog(source, password_env=self.prediction_log_password_env)
             source = self._pg_log
-        return rolling_metrics(*labelled_predictions_since(source, now - self.window_s))
+        return rolling_metrics(*labelled_predictions_since(source, now - self.window_s), min_rows=self.min_rows)
 
     def _make_gauges(self) -> dict[str, Any]:
         from ray.util.metrics import Gauge

@@ -11,11 +11,17 @@ no row is dropped (rows out = rows in).
 
 Columns outside the input schema (ids, labels, even outcome columns of historical data) are
 passed through to the output unchanged and are never read as features.
+
+One cell that is no number (``distance=abc``) makes the CSV reader type its whole column as text: such an
+integer/number input column is converted back value by value (:func:`numbers_from_text`), so only that row
+is rejected, and it is written out as numbers (null where the text was no number; the ``error`` names it).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +106,116 @@ def _json_ready(frame) -> list[dict[str, Any]]:
     return [{c: columns[c][i] for c in columns if columns[c][i] is not None} for i in range(len(frame))]
 
 
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def number_from_text(v: Any) -> Any:
+    """A cell of a numeric input column read as text, as a request body would carry it.
+
+    Text that is a number becomes that number: an ``int`` when it is a whole number (``"2422"``, ``"2422.0"``,
+    ``"1e3"``), else a ``float``; empty (or blank) text is None (null); any other text (``"abc"``, ``"inf"``) is
+    returned as it came, so validation rejects that row naming the field and the value. Non-text values are
+    returned unchanged.
+    """
+    if not isinstance(v, str):
+        return v
+    t = v.strip()
+    if not t:
+        return None
+    if not _NUMBER_TEXT.fullmatch(t):
+        return v
+    if re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    f = float(t)
+    if not math.isfinite(f):
+        return v
+    return int(f) if f.is_integer() else f
+
+
+def numbers_from_text(frame, inputs: dict[str, tuple[str, bool]]):
+    """``frame`` with each column that the input schema types ``integer``/``number`` but that was read as text
+    (one bad cell makes pandas/pyarrow read the whole column as text) converted value by value with
+    :func:`number_from_text`; other columns are left as they are. Pure: returns a new frame.
+
+    Returns:
+        (the frame for validation, the names of the converted columns). A converted column has object dtype and
+        holds ints, floats, None and the text that is no number.
+    """
+    import pandas as pd
+
+    out = frame.copy()
+    converted = []
+    for c, (kind, _) in inputs.items():
+        if kind not in ("integer", "number") or c not in frame.columns:
+            continue
+        s = frame[c]
+        if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
+            continue
+        values = [number_from_text(v) if isinstance(v, str) else
+                  (None if v is None or (not isinstance(v, (bytes, list, dict)) and pd.isna(v)) else v)
+                  for v in s.tolist()]
+        out[c] = pd.Series(values, index=frame.index, dtype=object)
+        converted.append(c)
+    return out, converted
+
+
+def numeric_output(values, kind: str):
+    """A column converted by :func:`numbers_from_text` as it is written out: ``Int64`` for an ``integer`` field,
+    ``Float64`` for a ``number`` field. A value that is no number of that kind (text left, a fraction in an
+    integer field) is null here; its row is rejected and the value is named in its ``error``."""
+    import pandas as pd
+
+    def ok(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+            (kind != "integer" or (float(v).is_integer() and -2**63 <= v < 2**63))
+
+    if kind == "integer":
+        return pd.array([int(v) if ok(v) else pd.NA for v in values], dtype="Int64")
+    return pd.array([float(v) if ok(v) else pd.NA for v in values], dtype="Float64")
+
+
+def _answers(address: str, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (a stale address file points at nothing)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def running_local_ray() -> str | None:
+    """The GCS address (``host:port``) of a Ray running on this machine, or None.
+
+    Looks where ``ray.init(address="auto")`` looks, without connecting: the address of the latest cluster
+    started with ``ray start`` (``/tmp/ray/ray_current_cluster``), then the GCS processes running on this
+    machine (a local Ray started by ``ray.init()``, e.g. ``bash scripts/run.sh --keep-serving``, writes no
+    address file). Only an address whose GCS port answers counts.
+    """
+    candidates: list[str] = []
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        path = Path(get_ray_address_file(None))
+    except Exception:  # noqa: BLE001 - private API moved: fall back to Ray's default location
+        path = Path("/tmp/ray/ray_current_cluster")
+    try:
+        text = path.read_text().strip()
+        if text:
+            candidates.append(text)
+    except OSError:
+        pass
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        candidates += sorted(a for a in find_gcs_addresses() if a not in candidates)
+    except Exception:  # noqa: BLE001 - private API moved or ps not readable: the address file only
+        pass
+    return next((a for a in candidates if _answers(a)), None)
+
+
 def _csv_nulls():
     """pyarrow CSV options: empty and ``NA`` cells are null in string columns too (as pandas reads them)."""
     import pyarrow.csv
@@ -134,10 +250,11 @@ class BatchScorer:
         from mlops_ray.serve.schema import validate_record
 
         cols = [c for c in self._inputs if c in batch.columns]
+        values, converted = numbers_from_text(batch[cols], self._inputs)
         good: list[dict[str, Any]] = []
         ok = np.zeros(len(batch), dtype=bool)
         errors: list[str | None] = []
-        for i, rec in enumerate(_json_ready(batch[cols])):
+        for i, rec in enumerate(_json_ready(values)):
             clean, problems = validate_record(rec, i, self._inputs, self._outcomes, self._flights)
             if problems:
                 errors.append("; ".join(f"{p['loc'][-1]}: {p['msg']}" for p in problems))
@@ -150,6 +267,8 @@ class BatchScorer:
             proba[ok] = self.model.predict_proba(good)
         m = self.model
         out = batch.reset_index(drop=True).copy()
+        for c in converted:  # numbers written back as numbers, not the text they were read as
+            out[c] = numeric_output(values[c].tolist(), self._inputs[c][0])
         out["probability"] = pd.array([float(p) if k else pd.NA for p, k in zip(proba, ok)], dtype="Float64")
         out["label"] = pd.array([int(p >= m.threshold) if k else pd.NA for p, k in zip(proba, ok)], dtype="Int64")
         out["threshold"] = m.threshold

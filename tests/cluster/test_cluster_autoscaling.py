@@ -13,7 +13,6 @@ Teardown kills exactly the processes of the temp dir (``ray stop`` would stop ev
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil

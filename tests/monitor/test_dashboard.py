@@ -3,7 +3,6 @@ away Ray's per-replica labels. (tests/monitor/test_online_live.py runs every que
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess

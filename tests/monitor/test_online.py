@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_ray.monitor.drift import CategoricalDriftDetector, NumericDriftDetector, bin_counts, psi
+from mlops_ray.monitor.drift import NumericDriftDetector, bin_counts, psi
 from mlops_ray.monitor.online import (DriftMonitor, DriftReference, OnlineDriftRecorder, labelled_predictions_since,
-                                      rolling_metrics)
+                                      rolling_metrics, rolling_summary)
 from mlops_ray.monitor.window import FeatureWindow
 
 RNG = np.random.default_rng(5)
@@ -115,6 +115,64 @@ def test_rolling_metrics_come_from_feedback_received_in_the_window(tmp_path):
     assert one_class["roc_auc"] is None and one_class["accuracy"] == 1.0
     assert rolling_metrics(*labelled_predictions_since(tmp_path / "missing.db", 0.0))["rows"] == 0
     log.close()
+
+
+def _sklearn(proba, pred, true):
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    return {"rows": len(true), "accuracy": accuracy_score(true, pred), "f1": f1_score(true, pred),
+            "roc_auc": roc_auc_score(true, proba)}
+
+
+def test_rolling_metrics_are_none_below_min_window_rows_and_scikit_learns_at_or_above():
+    proba = RNG.uniform(size=31)
+    true = (proba + RNG.normal(scale=0.3, size=31) > 0.5).astype(int)
+    pred = (proba >= 0.5).astype(int)
+    assert len(set(true[:29].tolist())) == 2  # both classes: only the minimum can make the figures undefined
+    assert rolling_metrics(proba[:29], pred[:29], true[:29], min_rows=30) == {"rows": 29, "accuracy": None,
+                                                                             "f1": None, "roc_auc": None}
+    for n in (30, 31):
+        assert rolling_metrics(proba[:n], pred[:n], true[:n], min_rows=30) == pytest.approx(
+            _sklearn(proba[:n], pred[:n], true[:n]), abs=1e-12)
+    # at the minimum, one class only still leaves ROC AUC undefined
+    one_class = rolling_metrics(proba[:30], np.ones(30, int), np.ones(30, int), min_rows=30)
+    assert one_class == {"rows": 30, "accuracy": 1.0, "f1": 1.0, "roc_auc": None}
+
+
+def test_the_drift_monitor_uses_its_min_rows_for_rolling_metrics(tmp_path):
+    """The monitor's min_rows (monitor.min_window_rows, as start_drift_monitor passes it) holds for the rolling
+    metrics as for PSI: 8 labels with a minimum of 30 give None (exported NaN), not a noisy 0.75."""
+    import time
+
+    from mlops_ray.serve.prediction_log import SQLitePredictionLog
+
+    db = tmp_path / "predictions.db"
+    log = SQLitePredictionLog(db)
+    proba = RNG.uniform(size=40)
+    true = (proba + RNG.normal(scale=0.3, size=40) > 0.5).astype(int)
+    true[:2] = [0, 1]  # both classes among the first labels
+    log.log_predictions("r", "flights", "1", [{"i": i} for i in range(40)],
+                        [{"probability": float(p), "label": int(p >= 0.5), "threshold": 0.5} for p in proba])
+    mon = DriftMonitor(REF, window_s=3600, prediction_log_path=str(db), export_interval_s=0, min_rows=30)
+    log.add_feedback("r", {i: int(true[i]) for i in range(8)})
+    assert mon.rolling(now=time.time() + 1) == {"rows": 8, "accuracy": None, "f1": None, "roc_auc": None}
+    loose = DriftMonitor(REF, window_s=3600, prediction_log_path=str(db), export_interval_s=0, min_rows=8)
+    assert loose.rolling(now=time.time() + 1) == pytest.approx(
+        _sklearn(proba[:8], (proba[:8] >= 0.5).astype(int), true[:8]), abs=1e-12)
+    log.add_feedback("r", {i: int(true[i]) for i in range(8, 30)})
+    assert mon.rolling(now=time.time() + 1) == pytest.approx(
+        _sklearn(proba[:30], (proba[:30] >= 0.5).astype(int), true[:30]), abs=1e-12)
+    log.close()
+
+
+def test_the_rolling_summary_says_when_metrics_were_not_computed():
+    assert rolling_summary({"rows": 5, "accuracy": None, "f1": None, "roc_auc": None}, 300.0, 30) == (
+        "feedback over the last 300 s: 5 labelled records (fewer than monitor.min_window_rows = 30: metrics not "
+        "computed)")
+    assert rolling_summary({"rows": 40, "accuracy": 0.9, "f1": 0.875, "roc_auc": None}, 300.0, 30) == (
+        "feedback over the last 300 s: 40 labelled records; accuracy 0.900, F1 0.875, ROC AUC -")
+    assert rolling_summary({"rows": 0, "accuracy": None, "f1": None, "roc_auc": None}, 60.0, 30) == (
+        "feedback over the last 60 s: no labelled record")
 
 
 def test_a_monitor_without_a_log_has_no_rolling_metrics():

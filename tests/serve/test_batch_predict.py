@@ -119,9 +119,10 @@ def test_cli_predict_scores_a_csv_file_on_the_running_cluster(batch_scored, rows
     exe = Path(sys.executable).parent / "mlops-ray"
     proc = subprocess.run([str(exe), "predict", "--data", str(tmp_path / "rows.csv"), "--out",
                            str(tmp_path / "scored.csv")], capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"scored {ROWS - 1:,} of {ROWS:,} rows with models:/flights/1" in proc.stdout, proc.stdout
-    assert "1 row(s) not scored" in proc.stdout
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a row was rejected (as `mlops-ray feedback` exits 1)
+    assert f"wrote {ROWS:,} rows with models:/flights/1 -> " in proc.stdout, proc.stdout
+    assert f"scored {ROWS - 1:,} of {ROWS:,} rows; 1 rejected (see the `error` column)" in proc.stdout, proc.stdout
+    assert "joining the running Ray" not in proc.stderr  # RAY_ADDRESS given: no lookup
     parts = sorted((tmp_path / "scored.csv").glob("*.csv"))
     out = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
     assert out["row_id"].tolist() == rows["row_id"].tolist()
@@ -129,6 +130,31 @@ def test_cli_predict_scores_a_csv_file_on_the_running_cluster(batch_scored, rows
                                batch_scored[1]["probability"].to_numpy(dtype=float, na_value=np.nan),
                                rtol=0, atol=1e-12)  # NaN (the invalid row) in the same place too
     assert out.loc[INVALID_ROW, "error"].startswith("month: ")
+
+
+def test_one_bad_number_in_a_csv_rejects_only_its_row(pipeline_run, sessions, tmp_path):
+    """``distance=abc`` in one row: the column is read as text, yet only that row is rejected; numbers stay numbers."""
+    from mlops_ray.serve.batch import run_batch_predict
+
+    cfg, home, _ = pipeline_run
+    clean = _real_rows(pipeline_run).head(6)
+    dirty = clean.astype({"distance": object})
+    dirty.loc[3, "distance"] = "abc"
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    dirty.to_csv(tmp_path / "dirty.csv", index=False)
+    scored = {}
+    for name in ("clean", "dirty"):
+        res = run_batch_predict(cfg.register_, home, tmp_path / f"{name}.csv", tmp_path / f"{name}_out",
+                                "models:/flights@champion", sessions.ray())
+        scored[name] = (res, pd.read_parquet(tmp_path / f"{name}_out"))
+    (res_c, out_c), (res_d, out_d) = scored["clean"], scored["dirty"]
+    assert (res_c.rows_scored, res_c.rows_invalid) == (6, 0) and (res_d.rows_scored, res_d.rows_invalid) == (5, 1)
+    assert out_d["error"].tolist() == [None, None, None, "distance: expected number, got str 'abc'", None, None]
+    keep = [0, 1, 2, 4, 5]
+    np.testing.assert_allclose(out_d.loc[keep, "probability"].to_numpy(dtype=float),
+                               out_c.loc[keep, "probability"].to_numpy(dtype=float), rtol=0, atol=1e-12)
+    assert pd.api.types.is_float_dtype(out_d["distance"]) and pd.isna(out_d.loc[3, "distance"])
+    assert out_d.loc[keep, "distance"].tolist() == [float(v) for v in clean.loc[keep, "distance"]]
 
 
 @pytest.mark.parametrize(("make", "out", "match"), [

@@ -128,7 +128,7 @@ def test_the_drift_monitor_reads_rolling_metrics_from_the_postgres_log(log, pg_l
     log.log_predictions(rid, "flights", "1", [REC] * 4, _preds(4))  # probabilities .1 .2 .3 .4, labels 0 0 1 1
     log.add_feedback(rid, {0: 0, 1: 1, 2: 1, 3: 0})
     monitor = DriftMonitor(DriftReference({}, {}, {}), window_s=60.0, prediction_log_path=pg_log_url,
-                           export_interval_s=0, prediction_log_password_env=PASSWORD_ENV)
+                           export_interval_s=0, min_rows=4, prediction_log_password_env=PASSWORD_ENV)
     got = monitor.rolling(now=since + 60.0)  # the window starts exactly at `since`: this test's feedback only
     true, pred, proba = [0, 1, 1, 0], [0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]
     assert got == pytest.approx({"rows": 4, "accuracy": accuracy_score(true, pred), "f1": f1_score(true, pred),
