@@ -36,6 +36,8 @@ err_console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline YAML, or a bundled config's name (flights, credit, "
                                                      "credit_postgres); default: the bundled flights config.")
+#: ``--json``: machine-readable output.
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of tables and text.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -264,7 +266,7 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("ingest", "validate", "preprocess", "evaluate", "register"):
+for _stage in ("ingest", "validate", "preprocess", "evaluate", "explain", "register", "smoke"):
     app.command(name=_stage)(_stage_command(_stage))
 
 
@@ -317,7 +319,7 @@ def config_show(path: Optional[Path] = typer.Argument(None)) -> None:
 
 
 @models_app.command("list")
-def models_list(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def models_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """List registered model versions with their aliases and test ROC AUC."""
     from mlops_ray.home import Home
     from mlops_ray.registry import list_versions
@@ -407,7 +409,7 @@ def models_rollback(name: str, config: Optional[Path] = ConfigOpt,
 
 
 @runs_app.command("list")
-def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
+def runs_list(as_json: bool = JsonOpt) -> None:
     """List run records, newest first."""
     from mlops_ray.home import Home
     from mlops_ray.pipeline import list_runs
@@ -607,7 +609,7 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
             model: Optional[str] = typer.Option(None, "--model", help="Model URI (default models:/<name>@champion)."),
             out: Optional[Path] = typer.Option(None, "--out", help="Folder for drift.json and drift.html "
                                                                  "(default $MLOPS_RAY_HOME/monitor/<time>)."),
-            config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Batch drift report on Spark: the records against the model version's training reference."""
     import tempfile
     from datetime import datetime, timezone
@@ -714,11 +716,23 @@ def monitor_dashboard(out: Path = typer.Option(..., "--out", help="JSON file to 
     console.print(f"wrote {path}: import it in Grafana (Dashboards > New > Import) and pick the Prometheus data source")
 
 
+@app.command("monitor-alerts")
+def monitor_alerts(out: Path = typer.Option(..., "--out", help="YAML rule file to write (list it under rule_files "
+                                                               "in prometheus.yml)."),
+                   config: Optional[Path] = ConfigOpt) -> None:
+    """Write the Prometheus alert rules of the `monitor` config: feature drift, accuracy drop, 5xx share, p99 latency."""
+    from mlops_ray.monitor.alerts import write_alert_rules
+
+    cfg = _load(config)
+    path = write_alert_rules(cfg.monitor, cfg.name, out)
+    console.print(f"wrote {path}: list it under rule_files in prometheus.yml, then `promtool check config` it")
+
+
 @app.command()
 def retrain(config: Optional[Path] = ConfigOpt,
             address: Optional[str] = typer.Option(None, "--address", help="Ray Jobs address (default: RAY_ADDRESS)."),
             force: bool = typer.Option(False, "--force", help="Submit even inside the cooldown."),
-            as_json: bool = typer.Option(False, "--json")) -> None:
+            as_json: bool = JsonOpt) -> None:
     """Submit the pipeline as a Ray job now (at most once per monitor.retrain_cooldown_s unless --force)."""
     from mlops_ray.home import Home
     from mlops_ray.monitor.retrain import RetrainTrigger

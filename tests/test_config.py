@@ -80,6 +80,17 @@ def test_cli_config_check_exit_codes(tmp_path):
     assert "tune.num_samples" in res.output
 
 
+def test_every_stage_is_a_cli_verb():
+    """../shared/CONTRACTS.md: each stage name is a CLI verb (`mlops-ray <stage> --config PATH [--run-id ID]`)."""
+    from mlops_ray.pipeline import STAGES
+
+    runner = CliRunner()
+    for stage in STAGES:
+        res = runner.invoke(app, [stage, "--help"])
+        assert res.exit_code == 0 and "--run-id" in res.output, (stage, res.output)
+    assert runner.invoke(app, ["no-such-stage", "--help"]).exit_code == 2  # the check can fail
+
+
 def test_cli_run_with_bad_config_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_RAY_HOME", str(tmp_path / "home"))
     bad = tmp_path / "bad.yaml"

@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import REPO
 
 CONFIG = REPO / "cluster" / "prometheus" / "prometheus.yml"
+RULES = REPO / "cluster" / "prometheus" / "mlops_ray_alerts.yml"
 PROMTOOL = shutil.which("promtool")
 
 
@@ -38,6 +39,7 @@ def test_promtool_accepts_the_config():
 def test_promtool_rejects_a_planted_fault(tmp_path, old, new, message):
     text = CONFIG.read_text()
     assert text.count(old) == 1
+    shutil.copy(RULES, tmp_path / RULES.name)  # rule_files is relative to the config's folder
     bad = tmp_path / "prometheus.yml"
     bad.write_text(text.replace(old, new, 1))
     out = promtool_check(bad)
@@ -54,3 +56,24 @@ def test_jobs_scrape_rays_discovery_file_and_keep_pushed_labels():
     assert jobs["pushgateway"]["honor_labels"] is True
     assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["127.0.0.1:9091"]
     assert jobs["node"]["static_configs"][0]["targets"] == ["127.0.0.1:9100"]
+
+
+def test_the_config_loads_the_checked_in_alert_rules_and_they_are_what_the_code_generates(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlops_ray.cli import app
+    from mlops_ray.config import load_config
+    from mlops_ray.monitor.alerts import alert_rules
+
+    assert yaml.safe_load(CONFIG.read_text())["rule_files"] == [RULES.name]
+    cfg = load_config(None)
+    assert yaml.safe_load(RULES.read_text()) == alert_rules(cfg.monitor, cfg.name), (
+        f"{RULES.relative_to(REPO)} is stale: run `mlops-ray monitor-alerts --out {RULES.relative_to(REPO)}`")
+    res = CliRunner().invoke(app, ["monitor-alerts", "--out", str(tmp_path / "rules.yml")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rules.yml").read_text() == RULES.read_text()
+    # the check can fail: `promtool check config` reads the rule file, and a broken expression there fails it
+    shutil.copy(CONFIG, tmp_path / CONFIG.name)
+    (tmp_path / RULES.name).write_text(RULES.read_text().replace("max by (feature)", "max by (feature", 1))
+    out = promtool_check(tmp_path / CONFIG.name)
+    assert out.returncode != 0 and "mlops_ray_alerts.yml" in out.stdout + out.stderr, out.stdout + out.stderr
