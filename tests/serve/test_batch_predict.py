@@ -137,7 +137,7 @@ def test_one_bad_number_in_a_csv_rejects_only_its_row(pipeline_run, sessions, tm
     from mlops_ray.serve.batch import run_batch_predict
 
     cfg, home, _ = pipeline_run
-    clean = _real_rows(pipeline_run).head(6)
+    clean = _real_rows(pipeline_run).head(6)  # row_id (increasing) passes through: output sorted by it below
     dirty = clean.astype({"distance": object})
     dirty.loc[3, "distance"] = "abc"
     clean.to_csv(tmp_path / "clean.csv", index=False)
@@ -146,10 +146,11 @@ def test_one_bad_number_in_a_csv_rejects_only_its_row(pipeline_run, sessions, tm
     for name in ("clean", "dirty"):
         res = run_batch_predict(cfg.register_, home, tmp_path / f"{name}.csv", tmp_path / f"{name}_out",
                                 "models:/flights@champion", sessions.ray())
-        scored[name] = (res, pd.read_parquet(tmp_path / f"{name}_out"))
+        scored[name] = (res, pd.read_parquet(tmp_path / f"{name}_out").sort_values("row_id", ignore_index=True))
     (res_c, out_c), (res_d, out_d) = scored["clean"], scored["dirty"]
     assert (res_c.rows_scored, res_c.rows_invalid) == (6, 0) and (res_d.rows_scored, res_d.rows_invalid) == (5, 1)
-    assert out_d["error"].tolist() == [None, None, None, "distance: expected number, got str 'abc'", None, None]
+    errors = [None if pd.isna(e) else e for e in out_d["error"].tolist()]  # null: None or pandas' <NA>
+    assert errors == [None, None, None, "distance: expected number, got str 'abc'", None, None]
     keep = [0, 1, 2, 4, 5]
     np.testing.assert_allclose(out_d.loc[keep, "probability"].to_numpy(dtype=float),
                                out_c.loc[keep, "probability"].to_numpy(dtype=float), rtol=0, atol=1e-12)
