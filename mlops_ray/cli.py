@@ -615,7 +615,7 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
     from datetime import datetime, timezone
 
     from mlops_ray.home import Home
-    from mlops_ray.monitor.batch import drift_report, read_records, write_report
+    from mlops_ray.monitor.batch import check_records_path, drift_report, read_records, write_report
     from mlops_ray.registry import download_version
     from mlops_ray.sessions import Sessions
 
@@ -624,6 +624,7 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
     home = Home.resolve().ensure()
     uri = model or f"models:/{cfg.register_.model_name}@champion"
     try:
+        check_records_path(data)  # before Spark starts (10-40 s here)
         with tempfile.TemporaryDirectory() as tmp, Sessions(cfg.engines) as sessions:
             _, local = download_version(cfg.register_, home, uri, tmp)
             report = drift_report(sessions.spark, read_records(sessions.spark, data), local, cfg.monitor)

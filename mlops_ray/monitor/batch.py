@@ -35,6 +35,17 @@ logger = logging.getLogger(__name__)
 OTHER = "<other>"
 
 
+def check_records_path(path: str) -> None:
+    """Fail before any engine starts when a local ``path`` does not exist (a URI is left to Spark).
+
+    Raises:
+        DataError: no such file or folder.
+    """
+    if "://" not in path and not Path(path).exists():
+        raise DataError(f"monitor --data {path}: no such file or folder; give a CSV or Parquet file or folder "
+                        f"of raw flight records.")
+
+
 def read_records(spark: "SparkSession", path: str) -> "DataFrame":
     """Raw flight records from a Parquet file/folder or a CSV file (header, the flights columns).
 
@@ -43,9 +54,7 @@ def read_records(spark: "SparkSession", path: str) -> "DataFrame":
     """
     from mlops_ray.ingest import FLIGHTS_DDL
 
-    p = Path(path)
-    if "://" not in path and not p.exists():
-        raise DataError(f"monitor --data {path}: no such file or folder.")
+    check_records_path(path)
     if path.endswith((".csv", ".csv.gz")):
         ddl = ", ".join(c for c in FLIGHTS_DDL.split(", ") if not c.startswith("_corrupt_record"))
         df = spark.read.csv(path, header=True, schema=ddl, nullValue="NA")

@@ -102,3 +102,19 @@ def test_a_missing_data_path_and_a_version_without_reference_are_clear_errors(tm
         read_records(None, str(tmp_path / "nope.parquet"))
     with pytest.raises(DataError, match="has no reference_stats.json: register the model again"):
         drift_report(None, None, tmp_path, MonitorConfig())
+
+
+def test_the_cli_refuses_a_missing_data_path_before_spark_starts(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlops_ray import sessions
+    from mlops_ray.cli import app
+
+    def no_spark(self):
+        raise AssertionError("Spark was started before the data path was checked")
+
+    monkeypatch.setattr(sessions.Sessions, "spark", property(no_spark))
+    monkeypatch.setenv("MLOPS_RAY_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(app, ["monitor", "--data", str(tmp_path / "nope.csv")])
+    assert res.exit_code == 2, res.output
+    assert "nope.csv: no such file or folder" in res.output
