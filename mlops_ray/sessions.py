@@ -208,6 +208,8 @@ class Sessions:
             ray.init(address=address, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            if rc.metrics_report_interval_ms is not None:  # read from the environment by every Ray process
+                os.environ["RAY_metrics_report_interval_ms"] = str(rc.metrics_report_interval_ms)
             logger.info("starting a local Ray")
             ray.init(num_cpus=rc.num_cpus, object_store_memory=rc.object_store_memory_bytes,
                      include_dashboard=rc.include_dashboard, dashboard_host="127.0.0.1",

@@ -22,6 +22,18 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
+# Disk: a fresh .venv takes ~3.3 GB and one run of the suite wrote ~2.2 GB more (measured on this machine). A full disk
+# otherwise shows up minutes in as an unrelated OSError (ENOSPC) in whichever test writes next.
+for dir in "$(dirname "${BASH_SOURCE[0]}")" "${TMPDIR:-/tmp}"; do
+  free_gb=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
+  if [ "$free_gb" -lt 4 ]; then
+    echo "[test] only ${free_gb} GB free on the disk of $dir; the suite needs ~6 GB: free some space (for example \`uv cache prune\`, old clones' .venv folders) and re-run" >&2
+    exit 2
+  elif [ "$free_gb" -lt 8 ]; then
+    echo "[test] warning: ${free_gb} GB free on the disk of $dir; the suite needs ~6 GB" >&2
+  fi
+done
+
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # Apache Airflow in its own virtual environment (.venv-airflow): the generated DAG is loaded there.
 bash "$REPO/scripts/setup_airflow.sh"

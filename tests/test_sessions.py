@@ -29,3 +29,37 @@ def test_connect_master_builds_a_remote_client_with_runtime_sql_settings_only():
     assert (plan.remote, plan.master, plan.needs_java) == ("sc://127.0.0.1:15002", None, False)
     assert plan.conf == {"spark.sql.shuffle.partitions": "6", "spark.sql.session.timeZone": "UTC",
                          "spark.sql.execution.arrow.pyspark.enabled": "true"}
+
+
+def test_a_local_ray_exports_metrics_at_the_configured_interval(tmp_path):
+    """``engines.ray.metrics_report_interval_ms`` reaches every process of the local Ray it starts (a worker
+    reads it from Ray's own config), with the variable absent from the environment beforehand."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    code = f"""
+import json, os
+os.environ.pop("RAY_metrics_report_interval_ms", None)
+from mlops_ray.config import EnginesConfig, RayConfig
+from mlops_ray.sessions import Sessions
+
+s = Sessions(EnginesConfig(ray=RayConfig(num_cpus=1, include_dashboard=False, metrics_export_port={free_port()},
+                                         object_store_memory_bytes=100_000_000, metrics_report_interval_ms=1500)))
+ray = s.ray()
+
+@ray.remote
+def interval():
+    return ray._config.metrics_report_interval_ms()
+
+print(json.dumps({{"driver": ray._config.metrics_report_interval_ms(), "worker": ray.get(interval.remote())}}))
+s.close()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"driver": 1500, "worker": 1500}
