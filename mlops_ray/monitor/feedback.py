@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlops_ray.errors import DataError
+from mlops_ray.serve.schema import finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -62,17 +63,6 @@ def _is_empty(value) -> bool:
         return False
 
 
-def _number(value) -> float | None:
-    """``value`` (a number or its text) as a float; None when it is not a finite number."""
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        x = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        return None
-    return x if np.isfinite(x) else None
-
-
 def _shown(value) -> str:
     """A value as the reason quotes it: text in quotes, numbers as they are."""
     return repr(value) if isinstance(value, str) else str(value)
@@ -82,7 +72,7 @@ def _label_fault(value) -> tuple[int | None, str | None]:
     """``(label, None)`` for 0/1 (number or text such as ``"1"``, ``"1.0"``), else ``(None, reason)``."""
     if _is_empty(value):
         return None, "label is empty"
-    x = _number(value)
+    x = finite_number(value)
     if x is None or x not in (0.0, 1.0):
         return None, f"label must be 0 or 1; got {_shown(value)}"
     return int(x), None
@@ -95,7 +85,7 @@ def _index_fault(value, n: int) -> tuple[int | None, str | None]:
         if n != 1:
             return None, f"record_index missing: the request held {n} records"
         return 0, None
-    x = _number(value)
+    x = finite_number(value)
     if x is None or x != int(x):
         return None, f"record_index must be a whole number; got {_shown(value)}"
     if not 0 <= int(x) < n:

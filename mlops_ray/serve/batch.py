@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from mlops_ray.config import OUTCOME_COLUMNS, RegisterConfig
 from mlops_ray.errors import MlopsRayError
 from mlops_ray.home import Home
+from mlops_ray.serve.schema import number_from_text
 
 logger = logging.getLogger(__name__)
 
@@ -104,32 +104,6 @@ def _json_ready(frame) -> list[dict[str, Any]]:
                       for v in s.tolist()]
         columns[c] = values
     return [{c: columns[c][i] for c in columns if columns[c][i] is not None} for i in range(len(frame))]
-
-
-_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def number_from_text(v: Any) -> Any:
-    """A cell of a numeric input column read as text, as a request body would carry it.
-
-    Text that is a number becomes that number: an ``int`` when it is a whole number (``"2422"``, ``"2422.0"``,
-    ``"1e3"``), else a ``float``; empty (or blank) text is None (null); any other text (``"abc"``, ``"inf"``) is
-    returned as it came, so validation rejects that row naming the field and the value. Non-text values are
-    returned unchanged.
-    """
-    if not isinstance(v, str):
-        return v
-    t = v.strip()
-    if not t:
-        return None
-    if not _NUMBER_TEXT.fullmatch(t):
-        return v
-    if re.fullmatch(r"[+-]?\d+", t):
-        return int(t)
-    f = float(t)
-    if not math.isfinite(f):
-        return v
-    return int(f) if f.is_integer() else f
 
 
 def numbers_from_text(frame, inputs: dict[str, tuple[str, bool]]):

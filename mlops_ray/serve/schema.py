@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,45 @@ from mlops_ray.config import OUTCOME_COLUMNS
 from mlops_ray.preprocess.derive import INPUT_SCHEMA
 
 UNKNOWN_FIELD_LABEL = "_unknown"
+
+
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def number_from_text(v: Any) -> Any:
+    """A cell of a numeric input column read as text, as a request body would carry it.
+
+    Text that is a number becomes that number: an ``int`` when it is a whole number (``"2422"``, ``"2422.0"``,
+    ``"1e3"``), else a ``float``; empty (or blank) text is None (null); any other text (``"abc"``, ``"inf"``) is
+    returned as it came, so validation rejects that row naming the field and the value. Non-text values are
+    returned unchanged.
+    """
+    if not isinstance(v, str):
+        return v
+    t = v.strip()
+    if not t:
+        return None
+    if not _NUMBER_TEXT.fullmatch(t):
+        return v
+    if re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    f = float(t)
+    if not math.isfinite(f):
+        return v
+    return int(f) if f.is_integer() else f
+
+
+def finite_number(v: Any) -> float | None:
+    """``v`` (a number, a bool, or text that is a number as :func:`number_from_text` reads it) as a float;
+    None when it is no finite number (``"abc"``, ``"inf"``, NaN, blank text, None)."""
+    if isinstance(v, bool):
+        return float(v)
+    x = number_from_text(v)
+    try:
+        f = float(x) if not isinstance(x, str) else math.nan
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 @dataclass
