@@ -472,13 +472,18 @@ def predict(data: Path = typer.Option(..., "--data", help="CSV or Parquet file (
     import os
 
     from mlops_ray.home import Home
+    from mlops_ray.registry import resolve_version
     from mlops_ray.serve.batch import run_batch_predict, running_local_ray
     from mlops_ray.sessions import Sessions
 
     _setup_logging(False)
     cfg = _load(config)
-    home = Home.resolve().ensure()
+    home = Home.resolve()
     uri = model or f"models:/{cfg.register_.model_name}@champion"
+    try:
+        resolve_version(cfg.register_, home, uri)  # a URI that names nothing fails before Ray starts (~10 s)
+    except RegistryError as e:
+        _fail(str(e), 2)
     engines, joined = cfg.engines, None
     address = cfg.engines.ray.address or os.environ.get("RAY_ADDRESS")
     ray_loaded = sys.modules.get("ray")
@@ -621,7 +626,7 @@ def monitor(data: str = typer.Option(..., "--data", help="CSV or Parquet of raw 
 
     _setup_logging(False)
     cfg = _load(config)
-    home = Home.resolve().ensure()
+    home = Home.resolve()
     uri = model or f"models:/{cfg.register_.model_name}@champion"
     try:
         check_records_path(data)  # before Spark starts (10-40 s here)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -356,15 +357,35 @@ def rollback(cfg: RegisterConfig, home: Home, name: str) -> tuple[str, str]:
     return str(current.version), target
 
 
+def _require_local_registry(cfg: RegisterConfig, home: Home, uri: str) -> None:
+    """Refuse at once to read from a home that has no registry yet: opening it would create an empty
+    ``mlflow.db`` (MLflow's schema migrations, ~20 s here) only to find no model, and leave it behind.
+
+    Raises:
+        RegistryError: ``register.tracking_uri`` is unset and ``<home>/mlflow.db`` does not exist (names the
+            home, where it came from and what to do).
+    """
+    if cfg.tracking_uri or (home.root / "mlflow.db").exists():
+        return
+    from mlops_ray.home import ENV_VAR
+
+    origin = f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else \
+        f"{ENV_VAR} is unset, so ./.mlops_ray of the current folder"
+    raise RegistryError(f"model URI '{uri}': no model registry at {home.root} ({origin}). Run the pipeline first "
+                        f"(`mlops-ray run`), or run this command where you ran it, or set {ENV_VAR} to that home.")
+
+
 def resolve_version(cfg: RegisterConfig, home: Home, uri: str):
     """The MLflow ``ModelVersion`` a URI points at.
 
     Raises:
-        RegistryError: unknown model, version or alias (the message lists what exists).
+        RegistryError: unknown model, version or alias (the message lists what exists), or no registry in
+            ``home`` (default tracking store and no ``mlflow.db`` there yet).
     """
     from mlflow.exceptions import MlflowException
 
     name, alias, version = parse_model_uri(uri)
+    _require_local_registry(cfg, home, uri)
     c = client(cfg, home)
     try:
         return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)

@@ -147,3 +147,21 @@ def test_crash_mid_promotion_never_leaves_no_champion(registry, monkeypatch):
     assert _champion(cfg, home) == "2"  # the alias moved in one write: a champion exists
     assert rollback(cfg.register_, home, "flights") == ("2", "1")  # and the previous one is still reachable
     assert _champion(cfg, home) == "1"
+
+
+@pytest.mark.parametrize("verb", ["predict", "monitor"])
+def test_commands_that_read_a_model_refuse_a_home_without_a_registry_and_create_nothing(verb, tmp_path,
+                                                                                           monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlops_ray.cli import app
+
+    data = tmp_path / "in.csv"
+    data.write_text("year,month\n2013,1\n")
+    home = tmp_path / "elsewhere"
+    monkeypatch.setenv("MLOPS_RAY_HOME", str(home))
+    args = [verb, "--data", str(data)] + (["--out", str(tmp_path / "out.csv")] if verb == "predict" else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert f"no model registry at {home} (MLOPS_RAY_HOME={home})" in " ".join(res.output.split())
+    assert not home.exists()  # no empty mlflow.db left behind
