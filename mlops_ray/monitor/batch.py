@@ -56,8 +56,21 @@ def read_records(spark: "SparkSession", path: str) -> "DataFrame":
 
     check_records_path(path)
     if path.endswith((".csv", ".csv.gz")):
-        ddl = ", ".join(c for c in FLIGHTS_DDL.split(", ") if not c.startswith("_corrupt_record"))
-        df = spark.read.csv(path, header=True, schema=ddl, nullValue="NA")
+        # Columns by header name, never by position (a schema given to the CSV reader is applied by position):
+        # read every column as text, then cast each flights column to its type. A value that is no such
+        # number becomes null and counts in the feature's null share; a missing column is refused below.
+        from pyspark.sql import functions as F
+
+        types = dict(c.split(" ", 1) for c in FLIGHTS_DDL.split(", ") if not c.startswith("_corrupt_record"))
+
+        def typed(c: str):
+            if types[c] != "INT":
+                return F.col(f"`{c}`").try_cast(types[c]).alias(c)
+            d = F.col(f"`{c}`").try_cast("DOUBLE")  # "352.0": pandas writes an int column holding nulls so
+            return F.when(d == F.floor(d), d.try_cast("INT")).alias(c)  # a fraction is no INT: null
+
+        raw = spark.read.csv(path, header=True, nullValue="NA")
+        df = raw.select(*[typed(c) if c in types else F.col(f"`{c}`") for c in raw.columns])
     else:
         df = spark.read.parquet(path)
     if df.limit(1).count() == 0:

@@ -118,3 +118,22 @@ def test_the_cli_refuses_a_missing_data_path_before_spark_starts(tmp_path, monke
     res = CliRunner().invoke(app, ["monitor", "--data", str(tmp_path / "nope.csv")])
     assert res.exit_code == 2, res.output
     assert "nope.csv: no such file or folder" in res.output
+
+
+def test_a_csv_is_read_by_header_name_whatever_its_column_order(spark, flights, tmp_path):
+    """The same Nov flights as Parquet and as a CSV whose columns are shuffled, one dropped and one added
+    read equal by name (a schema handed to Spark's CSV reader would be applied by position)."""
+    import pandas as pd
+
+    from mlops_ray.monitor.batch import read_records
+
+    rows = flights.where("month = 11").limit(300).toPandas()
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    shuffled = rows[list(reversed(rows.columns))].drop(columns=["carrier"]).assign(note="x")
+    shuffled.to_csv(tmp_path / "rows.csv", index=False, na_rep="NA")
+    got = read_records(spark, str(tmp_path / "rows.csv")).toPandas()
+    want = read_records(spark, str(tmp_path / "rows.parquet")).toPandas()
+    assert "carrier" not in got.columns and set(got.columns) == set(want.columns) - {"carrier"} | {"note"}
+    cols = [c for c in want.columns if c != "carrier"]
+    assert dict(got[cols].dtypes.astype(str)) == dict(want[cols].dtypes.astype(str))
+    pd.testing.assert_frame_equal(got[cols], want[cols])
