@@ -367,7 +367,7 @@ def _switch(cfg, home, address: Optional[str]) -> None:
         served = switch_if_running(cfg.deploy, cfg.register_, home, address,
                                    monitor_cfg=cfg.monitor if cfg.monitor.online else None)
     except MlopsRayError as e:  # the replicas kept the old version
-        _fail(str(e), 1)
+        _fail(f"the registry alias moved, but switching the running deployment failed: {e}", 1)
     if served is not None:
         console.print(f"deployment '{cfg.deploy.app_name}' now serves v{served}")
 

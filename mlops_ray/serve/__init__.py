@@ -36,6 +36,28 @@ def endpoint_url(cfg: DeployConfig) -> str:
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
+def serving_http(cfg: DeployConfig) -> DeployConfig:
+    """``cfg`` with the host and port Serve's HTTP proxies really use on the connected cluster.
+
+    Serve fixes its HTTP options when it first starts; a later ``serve.start`` with other options (another
+    config, or none given to ``models promote``) changes nothing, so the URL must come from the running
+    Serve. Read through Serve's controller client (``ray.serve.context._get_global_client``, private: no
+    public call returns it); ``cfg`` unchanged when it cannot be read.
+    """
+    try:
+        from ray.serve.context import _get_global_client
+
+        opts = _get_global_client().http_config
+        host, port = opts.host, int(opts.port)
+    except Exception:  # noqa: BLE001 - private API moved: keep the configured address
+        return cfg
+    if (host, port) != (cfg.host, cfg.port):
+        logger.warning("deploy: Serve already runs with HTTP on %s:%d (deploy.host/port say %s:%d); the application "
+                       "answers there", host, port, cfg.host, cfg.port)
+        return cfg.model_copy(update={"host": host, "port": port})
+    return cfg
+
+
 def wait_ready(url: str, timeout_s: float, expect_version: str | None = None) -> dict[str, Any]:
     """Poll ``GET {url}/readyz`` until 200 (from ``expect_version`` when given) or ``timeout_s``.
 
@@ -104,7 +126,7 @@ def run_deploy(cfg: DeployConfig, register_cfg: RegisterConfig, ray, home: Home,
     serve.run(model_server(cfg, register_cfg, home, uri if alias else pinned, alias, rollout=rollout,
                            monitor_cfg=monitor_cfg),
               name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
-    url = endpoint_url(cfg)
+    url = endpoint_url(serving_http(cfg))
     ready = wait_ready(url, cfg.ready_timeout_s, expect_version=str(mv.version))
     elapsed = time.monotonic() - t0
     logger.info("deploy: %s ready at %s in %.1f s", uri, url, elapsed)

@@ -38,7 +38,13 @@ def test_promote_and_rollback_switch_the_running_deployment(pipeline_run, endpoi
     # answers keep coming, from the new version
     r = requests.post(f"{endpoint}/v1/predict", json={"records": [GOOD]}, timeout=30)
     assert r.status_code == 200 and r.json()["model"] == {"name": "flights", "version": v2.version, "alias": "champion"}
-    res = runner.invoke(app, ["models", "rollback", "flights", "--config", str(cfg_file)])
+    # a config naming another HTTP port (or none: the bundled one's 8000) still finds the running Serve's port
+    from tests.conftest import free_port
+
+    other = tmp_path / "other_port.yaml"
+    other.write_text(config_to_yaml(cfg.model_copy(update={"deploy": cfg.deploy.model_copy(
+        update={"port": free_port(), "ready_timeout_s": 30})})))
+    res = runner.invoke(app, ["models", "rollback", "flights", "--config", str(other)])
     assert res.exit_code == 0, res.output
     assert "now serves v1" in res.output
     deadline = time.monotonic() + 60
