@@ -89,6 +89,43 @@ def spark_session_plan(sc: SparkConfig, extra_jars: tuple[str, ...] = ()) -> Spa
     return SparkSessionPlan(remote=None, master=sc.master, conf=conf, needs_java=True)
 
 
+def _port_in_use(port: int) -> bool:
+    """True when a process listens on ``port`` (any interface): binding it here fails."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is no listener
+        try:
+            s.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_local_ray_ports(rc) -> None:
+    """Refuse to start a local Ray whose fixed ports are taken, before Ray tries (it would fail minutes later,
+    as "node timed out during startup" / "GCS has become overloaded").
+
+    Raises:
+        EnvironmentSetupError: naming the config key and port, the Ray already running on this machine (when
+            one answers) and the three ways out.
+    """
+    taken = [f"engines.ray.{key} {port}" for key, port in
+             (("dashboard_port", rc.dashboard_port if rc.include_dashboard else None),
+              ("metrics_export_port", rc.metrics_export_port)) if port is not None and _port_in_use(port)]
+    if not taken:
+        return
+    from mlops_ray.serve.batch import running_local_ray
+
+    running = running_local_ray()
+    where = f"a Ray already runs on this machine at {running}" if running else "another process listens there"
+    join = f"RAY_ADDRESS={running}" if running else "RAY_ADDRESS=<host:port of that Ray>"
+    raise EnvironmentSetupError(
+        f"cannot start a local Ray: {' and '.join(taken)} already in use ({where}; e.g. one left by "
+        f"`run --keep-serving` or `ray start`). Join it with {join} (or engines.ray.address), stop it with "
+        f"`ray stop`, or set free ports in engines.ray.")
+
+
 class Sessions:
     """Lazily started Spark and Ray engines for one entry point.
 
@@ -208,6 +245,7 @@ class Sessions:
             ray.init(address=address, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            _check_local_ray_ports(rc)
             if rc.metrics_report_interval_ms is not None:  # read from the environment by every Ray process
                 os.environ["RAY_metrics_report_interval_ms"] = str(rc.metrics_report_interval_ms)
             logger.info("starting a local Ray")

@@ -63,3 +63,26 @@ s.close()
                          cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"driver": 1500, "worker": 1500}
+
+
+def test_a_local_ray_is_refused_at_once_when_its_fixed_ports_are_taken():
+    import socket
+
+    import pytest
+
+    from mlops_ray.config import RayConfig
+    from mlops_ray.errors import EnvironmentSetupError
+    from mlops_ray.sessions import _check_local_ray_ports
+    from tests.conftest import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(EnvironmentSetupError, match=rf"engines.ray.metrics_export_port {port} already in use .*"
+                                                        r"Join it with RAY_ADDRESS=.*`ray stop`"):
+            _check_local_ray_ports(RayConfig(include_dashboard=False, metrics_export_port=port))
+        with pytest.raises(EnvironmentSetupError, match=rf"engines.ray.dashboard_port {port} already in use"):
+            _check_local_ray_ports(RayConfig(dashboard_port=port, metrics_export_port=None))
+        _check_local_ray_ports(RayConfig(dashboard_port=port, include_dashboard=False, metrics_export_port=None))
+    _check_local_ray_ports(RayConfig(include_dashboard=False, metrics_export_port=free_port()))  # free: no error
