@@ -48,13 +48,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mlops_ray.preprocess.derive import INPUT_SCHEMA
 from mlops_ray.serve.model import ServedModel
 from mlops_ray.serve.prediction_log import DuplicateRequestId, UnknownRequestId
-from mlops_ray.serve.schema import (MAX_REQUEST_ID_CHARS, UNKNOWN_FIELD_LABEL, ApiError, check_request_id_header,
-                                    input_schema_description, parse_json_body, validate_feedback, validate_records)
+from mlops_ray.serve.schema import (FEEDBACK_BODY, MAX_REQUEST_ID_CHARS, PREDICT_BODY, UNKNOWN_FIELD_LABEL, ApiError,
+                                    check_request_id_header, input_schema_description, parse_json_body,
+                                    validate_feedback, validate_records)
 
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="mlops_ray model server", version="1",
-              description="Predicts whether a flight arrives more than 15 minutes late.")
+              description="Predicts whether a flight arrives more than 15 minutes late.",
+              redirect_slashes=False)  # /v1/predict/ is a JSON 404 naming /v1/predict, not a 307 (a body may not follow)
 
 
 class _AsciiJSONResponse(JSONResponse):
@@ -83,7 +85,9 @@ def _error_response(err: ApiError, request_id: str) -> JSONResponse:
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "error")
-    msg = {404: f"no route {request.url.path}; see /docs",
+    path = request.url.path
+    hint = f"did you mean {path.rstrip('/')}? " if path.endswith("/") and len(path) > 1 else ""
+    msg = {404: f"no route {path}; {hint}see /docs",
            405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
     return _error_response(ApiError(exc.status_code, code, msg), _request_id(request))
 
@@ -512,14 +516,15 @@ class ModelServer:
                 raise ApiError(413, "payload_too_large", f"body exceeds {self.max_request_bytes} bytes")
         return bytes(buf)
 
-    async def _json_body(self, request: Request) -> Any:
-        """Content type (415), bytes read under the cap (413), strict UTF-8 JSON (400)."""
+    async def _json_body(self, request: Request, expected: str = PREDICT_BODY) -> Any:
+        """Content type (415), bytes read under the cap (413), strict UTF-8 JSON (400; ``expected`` names the
+        route's body shape when it is empty)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "unsupported_media_type",
                            f"content type '{ctype}' not supported; send application/json" if ctype else
                            "no Content-Type header; send the body as application/json")
-        return parse_json_body(await self._read_body(request))
+        return parse_json_body(await self._read_body(request), expected)
 
     def _internal_error(self, rid: str) -> JSONResponse:
         logger.exception("internal error on request %s", rid)
@@ -635,7 +640,7 @@ class ModelServer:
         ``{"request_id", "labels": [...]}`` -> 202; unknown request id -> 404."""
         rid = _request_id(request)
         try:
-            fb = validate_feedback(await self._json_body(request))
+            fb = validate_feedback(await self._json_body(request, FEEDBACK_BODY))
             log = self.prediction_log
             if log is None:
                 raise ApiError(503, "unavailable", "prediction log not open yet; retry when /readyz answers 200")

@@ -84,14 +84,22 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json_body(raw: bytes) -> Any:
+#: What each route's body looks like, as its empty-body error names it.
+PREDICT_BODY = 'a JSON object {"records": [...]}'
+FEEDBACK_BODY = 'a JSON object {"request_id": ..., "label": 0 or 1} (or "labels": [...])'
+
+
+def parse_json_body(raw: bytes, expected: str = PREDICT_BODY) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity, no duplicate keys.
+
+    Args:
+        expected: the route's body shape, named when the body is empty.
 
     Raises:
         ApiError: 400 ``bad_json`` saying what is wrong.
     """
     if not raw.strip():
-        raise ApiError(400, "bad_json", "request body is empty; expected a JSON object {\"records\": [...]}")
+        raise ApiError(400, "bad_json", f"request body is empty; expected {expected}")
     try:
         text = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as e:

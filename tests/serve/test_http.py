@@ -78,6 +78,7 @@ _JSON = {"headers": {"Content-Type": "application/json"}}
                              "headers": {"Content-Type": "application/json"}}, 413, "payload_too_large", None),
     ("get", "/v1/predict", {}, 405, "method_not_allowed", None),
     ("get", "/nowhere", {}, 404, "not_found", None),
+    ("post", "/v1/predict/", {"json": {"records": [GOOD]}}, 404, "not_found", None),  # no 307 to follow
     # strict parsing: what FastAPI's defaults let through or turn into a plain-text 500
     ("post", "/v1/predict", {"data": json.dumps({"records": [GOOD]}).encode("utf-16"), **_JSON}, 400, "bad_json", None),
     ("post", "/v1/predict", {"data": b'{"records": [{"carrier": "\xff"}]}', **_JSON}, 400, "bad_json", None),
@@ -124,6 +125,15 @@ def test_bad_requests_get_4xx_json(endpoint, method, path, kwargs, status, code,
     assert err["code"] == code and err["message"]
     if loc is not None:
         assert loc in [f["loc"] for f in err["fields"]], err["fields"]
+
+
+def test_each_route_names_its_own_body_and_a_trailing_slash_names_the_route(endpoint):
+    empty = {"data": b"", **_JSON}
+    assert '{"records": [...]}' in requests.post(f"{endpoint}/v1/predict", timeout=30, **empty).json()["error"]["message"]
+    msg = requests.post(f"{endpoint}/v1/feedback", timeout=30, **empty).json()["error"]["message"]
+    assert '"request_id"' in msg and "records" not in msg
+    r = requests.post(f"{endpoint}/v1/predict/", json={"records": [GOOD]}, timeout=30, allow_redirects=False)
+    assert r.status_code == 404 and "did you mean /v1/predict?" in r.json()["error"]["message"]
 
 
 def test_chunked_body_over_the_cap_is_413(endpoint):
