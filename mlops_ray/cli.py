@@ -339,16 +339,20 @@ def models_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> 
 
 
 @models_app.command("show")
-def models_show(ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
+def models_show(ref: str = typer.Argument(..., help="NAME (its deploy.model_alias, champion by default), "
+                                                     "NAME@ALIAS, NAME/VERSION or a models:/ URI."),
                 config: Optional[Path] = ConfigOpt) -> None:
     """Show one version's record (metrics, params, fingerprints, source)."""
     from mlops_ray.home import Home
     from mlops_ray.registry import resolve_version
 
     _setup_logging(False)
+    cfg = _load(config)
     uri = ref if ref.startswith("models:/") else f"models:/{ref}"
+    if "@" not in uri and "/" not in uri[len("models:/"):]:  # a bare name: the version deploy serves
+        uri = f"{uri}@{cfg.deploy.model_alias}"
     try:
-        mv = resolve_version(_load(config).register_, Home.resolve(), uri)
+        mv = resolve_version(cfg.register_, Home.resolve(), uri)
     except RegistryError as e:
         _fail(str(e), 2)
     print(json.dumps({"name": mv.name, "version": mv.version, "aliases": list(mv.aliases or []),

@@ -126,6 +126,9 @@ def test_promote_and_rollback_from_the_cli(registry, monkeypatch):
     res = runner.invoke(app, ["models", "rollback", "flights", "--no-switch"])
     assert res.exit_code == 0, res.output
     assert "from v2 to v1" in res.output and _champion(cfg, home) == "1"
+    for ref in ("flights", "flights@champion", "models:/flights@champion", "flights/1"):  # a bare name: the champion
+        res = runner.invoke(app, ["models", "show", ref])
+        assert res.exit_code == 0 and str(json.loads(res.output)["version"]) == "1", (ref, res.output)
     res = runner.invoke(app, ["models", "rollback", "flights", "--no-switch"])
     assert res.exit_code == 2 and "no earlier champion" in res.output
     assert runner.invoke(app, ["models", "promote", "flights", "99"]).exit_code == 2
