@@ -374,6 +374,10 @@ def _switch(cfg, home, address: Optional[str]) -> None:
         _fail(f"the registry alias moved, but switching the running deployment failed: {e}", 1)
     if served is not None:
         console.print(f"deployment '{cfg.deploy.app_name}' now serves v{served}")
+    else:
+        console.print(f"no running deployment '{cfg.deploy.app_name}' found (Ray at --address, RAY_ADDRESS or on "
+                      "this machine; app name from deploy.app_name of --config): nothing switched; the next deploy "
+                      "serves the new champion")
 
 
 @models_app.command("promote")
