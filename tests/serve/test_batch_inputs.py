@@ -180,6 +180,10 @@ def cli(monkeypatch, tmp_path):
     # As if this process held no Ray (a full test run may hold the session's): nothing here may stop that one.
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "shutdown", lambda *a, **k: None)
+    # The registry is replaced too: predict resolves the model URI before any Ray work (the home here is empty).
+    from mlops_ray import registry
+
+    monkeypatch.setattr(registry, "resolve_version", lambda *a, **k: None)
     monkeypatch.setenv("MLOPS_RAY_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     calls: dict = {}
