@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_port, sample_config_mapping
+from tests.conftest import FAST_JVM, free_port, sample_config_mapping
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,9 +28,7 @@ MLOPS_RAY = str(Path(sys.executable).parent / "mlops-ray")
 
 def _env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(MLOPS_RAY_HOME=str(home), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               # quicker JVM start for this small-data test (C1 JIT only, serial GC); results do not depend on it
-               JAVA_TOOL_OPTIONS="-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    env.update(MLOPS_RAY_HOME=str(home), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **FAST_JVM)
     return env
 
 

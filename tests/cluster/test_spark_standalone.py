@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import FAST_JVM, REPO, free_port
 
 SPARK = REPO / "cluster" / "spark"
 START, STOP, CONNECT = SPARK / "start-standalone.sh", SPARK / "stop-standalone.sh", SPARK / "start-connect.sh"
@@ -34,11 +34,6 @@ class Standalone:
     def json(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.webui_port}/json/", timeout=5) as r:
             return json.load(r)
-
-
-#: Every JVM of these tests (daemons, drivers, executors) starts about a third faster with the C1
-#: compiler only and the serial GC; the jobs here are too small for C2 or a parallel GC to pay off.
-FAST_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 
 
 def run(*argv, timeout: float = 150, env: dict | None = None) -> subprocess.CompletedProcess:

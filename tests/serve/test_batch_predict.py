@@ -3,7 +3,8 @@
 240 real test-split flights, some with optional fields nulled and one invalid, are scored by
 :func:`mlops_ray.serve.batch.run_batch_predict` on the session's Ray and by ``POST /v1/predict``: every valid row
 gets the endpoint's probability to 1e-12, the invalid row is kept with a null probability and the error the
-endpoint answers 422 for, and rows out = rows in. The CLI does the same from a CSV file in its own process.
+endpoint answers 422 for, and rows out = rows in. The CLI does the same from a CSV file in its own process, where
+one more row holds a number that is not one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.timeout(600)
 
 ROWS = 240
 INVALID_ROW = 37
+BAD_NUMBER_ROW = 52  # the CLI test plants distance=abc there
 NULLED = {"tailnum": range(0, 12), "time_hour": range(12, 24), "sched_arr_time": range(24, 30)}
 
 
@@ -110,52 +112,37 @@ def test_batch_scores_equal_the_endpoint_and_no_row_is_lost(batch_scored, rows, 
 
 
 def test_cli_predict_scores_a_csv_file_on_the_running_cluster(batch_scored, rows, pipeline_run, sessions, tmp_path):
-    """``mlops-ray predict`` in its own process, connected through RAY_ADDRESS to the session's Ray."""
+    """``mlops-ray predict`` in its own process, connected through RAY_ADDRESS to the session's Ray, on a CSV file
+    with one more bad row than ``rows``: ``distance=abc``. The cell makes Ray Data's CSV reader read the whole
+    column as text, yet only its row is rejected, every other row scores as from the clean Parquet file, and the
+    column is written back as numbers."""
     _, home, _ = pipeline_run
-    rows.to_csv(tmp_path / "rows.csv", index=False)
+    dirty = rows.astype({"distance": object})
+    dirty.loc[BAD_NUMBER_ROW, "distance"] = "abc"
+    dirty.to_csv(tmp_path / "rows.csv", index=False)
     ray = sessions.ray()
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "MLOPS_RAY_HOME": str(home.root),
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     exe = Path(sys.executable).parent / "mlops-ray"
     proc = subprocess.run([str(exe), "predict", "--data", str(tmp_path / "rows.csv"), "--out",
                            str(tmp_path / "scored.csv")], capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 1, proc.stderr[-3000:]  # a row was rejected (as `mlops-ray feedback` exits 1)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # rows were rejected (as `mlops-ray feedback` exits 1)
     assert f"wrote {ROWS:,} rows with models:/flights/1 -> " in proc.stdout, proc.stdout
-    assert f"scored {ROWS - 1:,} of {ROWS:,} rows; 1 rejected (see the `error` column)" in proc.stdout, proc.stdout
+    assert f"scored {ROWS - 2:,} of {ROWS:,} rows; 2 rejected (see the `error` column)" in proc.stdout, proc.stdout
     assert "joining the running Ray" not in proc.stderr  # RAY_ADDRESS given: no lookup
     parts = sorted((tmp_path / "scored.csv").glob("*.csv"))
     out = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
     assert out["row_id"].tolist() == rows["row_id"].tolist()
-    np.testing.assert_allclose(out["probability"].to_numpy(dtype=float),
-                               batch_scored[1]["probability"].to_numpy(dtype=float, na_value=np.nan),
-                               rtol=0, atol=1e-12)  # NaN (the invalid row) in the same place too
-    assert out.loc[INVALID_ROW, "error"].startswith("month: ")
-
-
-def test_one_bad_number_in_a_csv_rejects_only_its_row(pipeline_run, sessions, tmp_path):
-    """``distance=abc`` in one row: the column is read as text, yet only that row is rejected; numbers stay numbers."""
-    from mlops_ray.serve.batch import run_batch_predict
-
-    cfg, home, _ = pipeline_run
-    clean = _real_rows(pipeline_run).head(6)  # row_id (increasing) passes through: output sorted by it below
-    dirty = clean.astype({"distance": object})
-    dirty.loc[3, "distance"] = "abc"
-    clean.to_csv(tmp_path / "clean.csv", index=False)
-    dirty.to_csv(tmp_path / "dirty.csv", index=False)
-    scored = {}
-    for name in ("clean", "dirty"):
-        res = run_batch_predict(cfg.register_, home, tmp_path / f"{name}.csv", tmp_path / f"{name}_out",
-                                "models:/flights@champion", sessions.ray())
-        scored[name] = (res, pd.read_parquet(tmp_path / f"{name}_out").sort_values("row_id", ignore_index=True))
-    (res_c, out_c), (res_d, out_d) = scored["clean"], scored["dirty"]
-    assert (res_c.rows_scored, res_c.rows_invalid) == (6, 0) and (res_d.rows_scored, res_d.rows_invalid) == (5, 1)
-    errors = [None if pd.isna(e) else e for e in out_d["error"].tolist()]  # null: None or pandas' <NA>
-    assert errors == [None, None, None, "distance: expected number, got str 'abc'", None, None]
-    keep = [0, 1, 2, 4, 5]
-    np.testing.assert_allclose(out_d.loc[keep, "probability"].to_numpy(dtype=float),
-                               out_c.loc[keep, "probability"].to_numpy(dtype=float), rtol=0, atol=1e-12)
-    assert pd.api.types.is_float_dtype(out_d["distance"]) and pd.isna(out_d.loc[3, "distance"])
-    assert out_d.loc[keep, "distance"].tolist() == [float(v) for v in clean.loc[keep, "distance"]]
+    want = batch_scored[1]["probability"].to_numpy(dtype=float, na_value=np.nan)  # NaN at the invalid row
+    want[BAD_NUMBER_ROW] = np.nan
+    np.testing.assert_allclose(out["probability"].to_numpy(dtype=float), want, rtol=0, atol=1e-12)
+    errors = {i: e for i, e in enumerate(out["error"]) if not pd.isna(e)}
+    assert errors.keys() == {INVALID_ROW, BAD_NUMBER_ROW}, errors
+    assert errors[INVALID_ROW].startswith("month: ")
+    assert errors[BAD_NUMBER_ROW] == "distance: expected number, got str 'abc'"
+    assert pd.api.types.is_float_dtype(out["distance"]) and pd.isna(out.loc[BAD_NUMBER_ROW, "distance"])
+    keep = rows.index != BAD_NUMBER_ROW
+    assert out.loc[keep, "distance"].tolist() == rows.loc[keep, "distance"].astype(float).tolist()
 
 
 @pytest.mark.parametrize(("make", "out", "match"), [
