@@ -86,7 +86,9 @@ def fake_cluster(pipeline_run):
              f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}", f"--autoscaling-config={as_yaml}",
              "--disable-usage-stats"],
-            env=_env(RAY_FAKE_CLUSTER="1", MLOPS_RAY_HOME=str(home.root)), capture_output=True, text=True,
+            # the autoscaler decides every second (AUTOSCALER_UPDATE_INTERVAL_S, Ray's default 5 s)
+            env=_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", MLOPS_RAY_HOME=str(home.root)),
+            capture_output=True, text=True,
             timeout=180, cwd=temp_dir)
         assert res.returncode == 0, f"ray start --head failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
         cluster = FakeCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", free_port(), temp_dir)

@@ -60,9 +60,9 @@ def test_nov_dec_shows_the_seasonal_shift_and_stable_features_stay_stable(spark,
 def test_the_training_months_do_not_drift_and_the_cli_writes_json_and_html(spark, pipeline_run, flights, tmp_path):
     cfg, home, _ = pipeline_run
     data = tmp_path / "jan_sep.parquet"
-    # a 10% sample of the training months (~25,000 flights): PSI's sampling noise over 10 bins is ~1e-3, far
-    # below 0.05, and the CLI's own Spark finishes in seconds
-    flights.filter("month BETWEEN 1 AND 9").sample(fraction=0.1, seed=7).write.parquet(str(data))
+    # a 3% sample of the training months (~7,500 flights): PSI's expected sampling noise over 10 bins,
+    # (bins - 1) * (1/n + 1/n_reference) ~ 2e-3, is far below 0.05, and the CLI's own Spark finishes in seconds
+    flights.filter("month BETWEEN 1 AND 9").sample(fraction=0.03, seed=7).write.parquet(str(data))
     rows = spark.read.parquet(str(data)).count()
     env = {**os.environ, "MLOPS_RAY_HOME": str(home.root), "PYSPARK_PYTHON": sys.executable}
     cfg_path = tmp_path / "cfg.yaml"
@@ -76,7 +76,7 @@ def test_the_training_months_do_not_drift_and_the_cli_writes_json_and_html(spark
                          timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads((tmp_path / "report" / "drift.json").read_text())
-    assert rep["rows"] == rows > 20_000 and rep["model"].endswith("@champion")
+    assert rep["rows"] == rows > 6_000 and rep["model"].endswith("@champion")
     for name in ("temp", "dewp", "pressure", "distance", "carrier", "origin"):
         assert rep["features"][name]["psi"] < 0.05, (name, rep["features"][name])
     html = (tmp_path / "report" / "drift.html").read_text()

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(600)
 
 #: Thresholds chosen so that the real test rows stay quiet and each planted fault is far beyond them.
 CFG = MonitorConfig(window_s=600, push_interval_s=1, export_interval_s=1, min_window_rows=30, psi_threshold=1.0,
-                    min_roc_auc=0.35, max_error_rate=0.02, max_latency_p99_ms=2500, alert_for_s=2)
+                    min_roc_auc=0.35, max_error_rate=0.02, max_latency_p99_ms=2500, alert_for_s=1)
 #: The drift app's prediction log busy timeout, seconds: a write blocked longer answers 500 (the planted errors);
 #: above the latency threshold, so the same requests plant the p99 latency.
 BUSY_TIMEOUT_S = 3.0
@@ -252,7 +252,7 @@ def test_every_panel_query_returns_data_and_alerts_fire_only_once_planted(live, 
 
     deadline = time.monotonic() + 120
     while not all_answer() and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(1)
     assert not left, f"panel queries without a series after 120 s: {[(k, queries[k]) for k in left]}"
     # the check can fail: a series nobody exports returns nothing through the same path
     assert _query(prometheus, "max by (feature) (ray_mlops_feature_psi_never_exported)") == []

@@ -2,7 +2,8 @@
 
 A second application of the real model server (the pipeline's registered model) runs in the
 session's Serve with a small ``deploy.autoscaling`` (1 to 2 replicas, 1 ongoing request per
-replica as the target, short delays and look-back window). Concurrent clients keep it busy;
+replica as the target, short delays). Concurrent clients keep requests ongoing (each waits in the
+replica's batch window);
 ``serve.status()`` is sampled throughout, and the timeline of running replicas is in every
 assertion message.
 
@@ -27,13 +28,17 @@ from tests.serve.test_http import _test_rows
 pytestmark = pytest.mark.timeout(600)  # the first test of a session also waits for the pipeline_run fixture
 
 APP, PREFIX = "autoscaling_test", "/autoscaling-test"
-# look_back_period_s above Serve's 10-s default metrics_interval_s (Ray warns below it, and will refuse it); the
-# ongoing-request counts inside the window arrive every second (the push intervals set in tests/conftest.py).
+# look_back_period_s above Serve's 10-s default metrics_interval_s (Ray warns below it, and will refuse it; a 3-s
+# window was tried and scaled down no sooner); the ongoing-request counts inside the window arrive every second
+# (the push intervals set in tests/conftest.py).
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1.0,
                "downscale_delay_s": 2.0, "look_back_period_s": 11.0}
-# Clients sending back to back: 3 keep ~3 requests ongoing (2 replicas wanted) while leaving the 2 cores room to
-# start the added replica's process (with 6 clients and 2 added replicas it took 25-27 s to start here).
+# Clients sending back to back: 3 keep 3 requests ongoing (2 replicas wanted). Each request waits in the replica's
+# batch window (BATCHING: the batch of 4 never fills), so the load is ongoing requests, not CPU: the 2 cores stay
+# free to start the added replica's process (with 6 clients scoring 50 records each as fast as they could, 2
+# added replicas took 25-27 s to start here; the constructor and model load 0.2 s of it).
 CLIENTS = 3
+BATCHING = {"enabled": True, "max_batch_size": 4, "batch_wait_timeout_s": 0.5}
 
 
 def _running(app: str = APP) -> int:
@@ -75,20 +80,20 @@ class Timeline:
 def test_replicas_rise_above_the_minimum_under_load_and_return_to_it_after(pipeline_run, endpoint):
     from ray import serve
 
-    from mlops_ray.config import AutoscalingConfig
+    from mlops_ray.config import AutoscalingConfig, BatchingConfig
     from mlops_ray.serve import wait_ready
     from mlops_ray.serve.app import model_server, rollout_user_config
 
     cfg, home, record = pipeline_run
     deploy = cfg.deploy.model_copy(update={"autoscaling": AutoscalingConfig(**AUTOSCALING),
-                                           "num_cpus_per_replica": 0.25})
+                                           "batching": BatchingConfig(**BATCHING), "num_cpus_per_replica": 0.25})
     version = record["stages"]["register"]["outputs"]["version"]
     pinned = f"models:/flights/{version}"  # deployed as run_deploy does: the versions in the user_config
     serve.run(model_server(deploy, cfg.register_, home, pinned, "champion",
                            rollout=rollout_user_config(pinned, "champion")), name=APP, route_prefix=PREFIX,
               blocking=False)
     url = f"{endpoint}{PREFIX}"
-    _, records = _test_rows(pipeline_run, 50)
+    _, records = _test_rows(pipeline_run, 5)
     stop = threading.Event()
     answers: dict[str, int] = {}  # "200", or "503 unavailable: <message>" for error answers
     lock = threading.Lock()

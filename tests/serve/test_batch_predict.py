@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +67,46 @@ def _endpoint_scores(endpoint: str, records: list[dict], per_request: int = 50) 
     return out
 
 
+@dataclass(frozen=True)
+class CliRun:
+    """What ``mlops-ray predict`` on the dirty CSV did: the finished process and the rows it wrote."""
+
+    proc: subprocess.CompletedProcess
+    out: pd.DataFrame
+
+
 @pytest.fixture(scope="module")
-def batch_scored(rows, pipeline_run, sessions, tmp_path_factory):
-    """(result, scored rows as pandas) of run_batch_predict on a Parquet file of ``rows``."""
+def scored(rows, pipeline_run, sessions, tmp_path_factory):
+    """(result, scored rows as pandas) of run_batch_predict on a Parquet file of ``rows``, and the :class:`CliRun`
+    of ``mlops-ray predict`` on a CSV file of the same rows plus one ``distance=abc``.
+
+    The CLI runs in its own process, connected through RAY_ADDRESS to the session's Ray, after this process scored
+    the Parquet file (run at the same time, the two took longer than one after the other here: 47 s against 40 s).
+    """
     from mlops_ray.serve.batch import run_batch_predict
 
     cfg, home, _ = pipeline_run
     d = tmp_path_factory.mktemp("batch")
     rows.to_parquet(d / "rows.parquet", index=False)
-    res = run_batch_predict(cfg.register_, home, d / "rows.parquet", d / "scored", "models:/flights@champion",
-                            sessions.ray())
-    return res, pd.read_parquet(d / "scored").convert_dtypes(dtype_backend="numpy_nullable")
+    dirty = rows.astype({"distance": object})
+    dirty.loc[BAD_NUMBER_ROW, "distance"] = "abc"
+    dirty.to_csv(d / "rows.csv", index=False)
+    ray = sessions.ray()
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "MLOPS_RAY_HOME": str(home.root),
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    cmd = [str(Path(sys.executable).parent / "mlops-ray"), "predict", "--data", str(d / "rows.csv"), "--out",
+           str(d / "scored.csv")]
+    res = run_batch_predict(cfg.register_, home, d / "rows.parquet", d / "scored", "models:/flights@champion", ray)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    parts = sorted((d / "scored.csv").glob("*.csv"))
+    cli_out = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+    return res, pd.read_parquet(d / "scored").convert_dtypes(dtype_backend="numpy_nullable"), CliRun(proc, cli_out)
+
+
+@pytest.fixture(scope="module")
+def batch_scored(scored):
+    """(result, scored rows as pandas) of run_batch_predict on the Parquet file."""
+    return scored[0], scored[1]
 
 
 def test_batch_scores_equal_the_endpoint_and_no_row_is_lost(batch_scored, rows, endpoint, pipeline_run):
@@ -111,29 +141,19 @@ def test_batch_scores_equal_the_endpoint_and_no_row_is_lost(batch_scored, rows, 
     assert diff.max() > 1e-12, diff
 
 
-def test_cli_predict_scores_a_csv_file_on_the_running_cluster(batch_scored, rows, pipeline_run, sessions, tmp_path):
+def test_cli_predict_scores_a_csv_file_on_the_running_cluster(scored, rows):
     """``mlops-ray predict`` in its own process, connected through RAY_ADDRESS to the session's Ray, on a CSV file
     with one more bad row than ``rows``: ``distance=abc``. The cell makes Ray Data's CSV reader read the whole
     column as text, yet only its row is rejected, every other row scores as from the clean Parquet file, and the
     column is written back as numbers."""
-    _, home, _ = pipeline_run
-    dirty = rows.astype({"distance": object})
-    dirty.loc[BAD_NUMBER_ROW, "distance"] = "abc"
-    dirty.to_csv(tmp_path / "rows.csv", index=False)
-    ray = sessions.ray()
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "MLOPS_RAY_HOME": str(home.root),
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    exe = Path(sys.executable).parent / "mlops-ray"
-    proc = subprocess.run([str(exe), "predict", "--data", str(tmp_path / "rows.csv"), "--out",
-                           str(tmp_path / "scored.csv")], capture_output=True, text=True, env=env, timeout=240)
+    _, parquet_out, cli = scored
+    proc, out = cli.proc, cli.out
     assert proc.returncode == 1, proc.stderr[-3000:]  # rows were rejected (as `mlops-ray feedback` exits 1)
     assert f"wrote {ROWS:,} rows with models:/flights/1 -> " in proc.stdout, proc.stdout
     assert f"scored {ROWS - 2:,} of {ROWS:,} rows; 2 rejected (see the `error` column)" in proc.stdout, proc.stdout
     assert "joining the running Ray" not in proc.stderr  # RAY_ADDRESS given: no lookup
-    parts = sorted((tmp_path / "scored.csv").glob("*.csv"))
-    out = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
     assert out["row_id"].tolist() == rows["row_id"].tolist()
-    want = batch_scored[1]["probability"].to_numpy(dtype=float, na_value=np.nan)  # NaN at the invalid row
+    want = parquet_out["probability"].to_numpy(dtype=float, na_value=np.nan)  # NaN at the invalid row
     want[BAD_NUMBER_ROW] = np.nan
     np.testing.assert_allclose(out["probability"].to_numpy(dtype=float), want, rtol=0, atol=1e-12)
     errors = {i: e for i, e in enumerate(out["error"]) if not pd.isna(e)}
