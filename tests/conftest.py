@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,11 +51,42 @@ SAMPLE_FRACTION = 0.04
 POSTGRES_JDBC_JAR = "/usr/share/java/postgresql.jar"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux: 32768-60999 by default)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Ports handed out by free_port in this session (never handed out twice).
+_GIVEN: set[int] = set()
+_PORTS = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now, from 20000 up to the kernel's ephemeral range.
+
+    Not an ephemeral port (``bind(0)``): a port chosen there for a later server (Ray's metrics export, a
+    dashboard) can be taken meanwhile by any outgoing connection's local end, as seen here: Ray's dashboard
+    agent failed with "Address already in use" and the local Ray did not start. Below 20000 are Ray's worker
+    ports (10002-19999 by default).
+    """
+    lo = 20000
+    hi = min(_ephemeral_range()[0], 32768) - 1
+    for _ in range(200):
+        port = _PORTS.randint(lo, hi)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {lo}-{hi} after 200 tries")
 
 
 #: The Serve HTTP port of the session's local Ray (one Serve proxy per cluster: every application
