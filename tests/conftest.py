@@ -60,20 +60,23 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+#: free_port hands out ports from here up (below: Ray's default worker ports, then explicit test ranges).
+WORKER_PORT_RANGES_END = 23000
 #: Ports handed out by free_port in this session (never handed out twice).
 _GIVEN: set[int] = set()
 _PORTS = random.Random(os.getpid())
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, from 20000 up to the kernel's ephemeral range.
+    """A TCP port free on 127.0.0.1 right now, from 23000 up to the kernel's ephemeral range.
 
     Not an ephemeral port (``bind(0)``): a port chosen there for a later server (Ray's metrics export, a
     dashboard) can be taken meanwhile by any outgoing connection's local end, as seen here: Ray's dashboard
     agent failed with "Address already in use" and the local Ray did not start. Below 20000 are Ray's worker
-    ports (10002-19999 by default).
+    ports (10002-19999 by default); 20000-22999 are left to worker-port ranges tests give explicitly
+    (tests/test_multinode.py: 21000-21999).
     """
-    lo = 20000
+    lo = WORKER_PORT_RANGES_END
     hi = min(_ephemeral_range()[0], 32768) - 1
     for _ in range(200):
         port = _PORTS.randint(lo, hi)
