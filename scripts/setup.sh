@@ -42,7 +42,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  say "installing locked dependencies into $VENV (about 1 minute on a fresh machine)"
+  say "installing locked dependencies into $VENV (about 1.5 minutes on a fresh machine)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.*"
   # --compile-bytecode: write every package's .pyc now. Where PYTHONDONTWRITEBYTECODE is set (this machine,
   # many container images) Python never caches them, so each Ray worker, Serve replica and CLI process compiled
