@@ -299,9 +299,9 @@ def run_batch_predict(register_cfg: RegisterConfig, home: Home, data: str | Path
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.use_datasource_v2
     ctx.execution_options.preserve_order = True  # rows come out in the order they were read
     ctx.enable_progress_bars = False
-    # Ray Data's Parquet reader V2 (the default since Ray 2.5x) lists files by starting FooterReader actors for each
-    # read; a new actor process costs 5-8 s on a 2-core node, twice per command (the input and the read-back
-    # below). The V1 reader reads footers in its read tasks: 240 rows scored in 10 s instead of 23-26 s here.
+    # Ray Data's Parquet reader V2 (the default in the locked Ray 2.60) lists files by starting FooterReader actors
+    # for each read; a new actor process costs 5-8 s on a 2-core node, twice per command (the input and the
+    # read-back below). The V1 reader reads footers in its read tasks: 240 rows scored in 9 s instead of 23-26 s here.
     ctx.use_datasource_v2 = False
     try:
         path = str(Path(data).resolve())
