@@ -32,6 +32,7 @@ from mlops_ray.config import TuneConfig
 from mlops_ray.errors import TuneError
 from mlops_ray.home import Home
 from mlops_ray.tune.resources import check_resources
+from mlops_ray.tune.storage import atomic_local_filesystem, damaged_state_files
 from mlops_ray.tune.trial import TrialSettings, report_trial, run_trial, scheduler_milestones, validation_metrics
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,14 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
 
         raise ConfigError(f"nothing to resume: no interrupted experiment for this config and data at {exp_root}. "
                           "Run `mlops-ray tune` (without --resume) to start one.")
+    damaged = damaged_state_files(exp_root / "experiment") if (exp_root / "experiment").is_dir() else []
+    if resume and damaged:
+        from mlops_ray.errors import ConfigError
+
+        raise ConfigError(f"cannot resume the interrupted experiment at {exp_root / 'experiment'}: its state "
+                          f"cannot be read back ({'; '.join(damaged)}); the process writing it was probably killed "
+                          "mid-write. Run `mlops-ray tune` (without --resume) to start the search over (the damaged "
+                          "folder is kept beside the result as damaged_experiment/).")
     state: dict[str, Any] = {"resumed": False}
 
     def build(out: Path) -> None:
@@ -233,11 +242,18 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         total = cfg.num_samples * len(cfg.search_space)
         started = time.monotonic()
-        if exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
+        fs = atomic_local_filesystem()
+        if damaged and exp_path.exists():
+            logger.warning("tune: the interrupted experiment at %s cannot be continued, its state cannot be read "
+                           "back (%s); starting the search over (the folder is kept as %s)", exp_path,
+                           "; ".join(damaged), exp_root / "damaged_experiment")
+            shutil.rmtree(exp_root / "damaged_experiment", ignore_errors=True)
+            shutil.move(str(exp_path), str(exp_root / "damaged_experiment"))
+        if exp_path.exists() and tune.Tuner.can_restore(str(exp_path), storage_filesystem=fs):
             logger.info("tune: continuing the interrupted experiment at %s (finished trials are kept)", exp_path)
             state["resumed"] = True
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+                                       resume_errored=False, restart_errored=False, storage_filesystem=fs)
         else:
             shutil.rmtree(exp_path, ignore_errors=True)
             shutil.rmtree(exp_root / "attempts", ignore_errors=True)
@@ -247,7 +263,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
                 tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=num_samples,
                                             search_alg=search, scheduler=scheduler, reuse_actors=cfg.reuse_actors),
                 run_config=tune.RunConfig(
-                    name="experiment", storage_path=str(exp_root), verbose=0,
+                    name="experiment", storage_path=str(exp_root), storage_filesystem=fs, verbose=0,
                     callbacks=[TrialProgress(total)],
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -263,8 +279,9 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         summary["resumed"] = state["resumed"]
         (out / "best.json").write_text(json.dumps(summary, indent=2, default=float))
         shutil.move(str(exp_path), str(out / "tune"))
-        if (exp_root / "attempts").exists():
-            shutil.move(str(exp_root / "attempts"), str(out / "attempts"))
+        for kept in ("attempts", "damaged_experiment"):
+            if (exp_root / kept).exists():
+                shutil.move(str(exp_root / kept), str(out / kept))
         shutil.rmtree(exp_root, ignore_errors=True)
 
     entry = cached(home, "tune", key, build)

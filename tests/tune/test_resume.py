@@ -23,6 +23,7 @@ import yaml
 from mlops_ray.config import config_from_mapping
 from mlops_ray.home import Home
 from mlops_ray.pipeline import RunRecord
+from mlops_ray.tune.storage import damaged_state_files
 from tests.conftest import free_port, kill_processes_under
 from tests.tune.conftest import write_preprocess
 
@@ -31,19 +32,20 @@ pytestmark = pytest.mark.timeout(600)
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.fixture()
-def tune_run(tmp_path):
-    """(env, config path, run id, home): a run whose preprocess succeeded, and a config for 6 trials."""
-    home = Home.resolve(tmp_path / "home").ensure()
-    pre = write_preprocess(tmp_path / "pre", n_train=40_000, width=40)
+TUNE_MAPPING = {"num_samples": 3, "iterations_per_report": 100, "early_stopping": "none", "track_trials": False,
+                "search_space": {
+                    "logistic_regression": {"C": {"distribution": "loguniform", "low": 0.01, "high": 1.0}},
+                    "hist_gradient_boosting": {"max_iter": {"distribution": "fixed", "value": 400},
+                                               "learning_rate": {"distribution": "fixed", "value": 0.1}}}}
+
+
+def _new_run(root: Path, pre: Path):
+    """(env, config path, run id, home, ray temp dir): a run whose preprocess succeeded, and a config for 6 trials."""
+    home = Home.resolve(root / "home").ensure()
     mapping = {"engines": {"ray": {"num_cpus": 2, "include_dashboard": False, "metrics_export_port": free_port(),
                                    "object_store_memory_bytes": 200 * 1024 * 1024}},
-               "tune": {"num_samples": 3, "iterations_per_report": 100, "early_stopping": "none", "track_trials": False,
-                        "search_space": {
-                            "logistic_regression": {"C": {"distribution": "loguniform", "low": 0.01, "high": 1.0}},
-                            "hist_gradient_boosting": {"max_iter": {"distribution": "fixed", "value": 400},
-                                                       "learning_rate": {"distribution": "fixed", "value": 0.1}}}}}
-    cfg_path = tmp_path / "tune.yaml"
+               "tune": TUNE_MAPPING}
+    cfg_path = root / "tune.yaml"
     cfg_path.write_text(yaml.safe_dump(mapping))
     rec = RunRecord.create(home, "run-resume", config_from_mapping(mapping))
     rec.data["stages"]["preprocess"] = {"status": "succeeded", "outputs": {"path": str(pre), "key": "pre-resume"}}
@@ -52,24 +54,32 @@ def tune_run(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="mr_")  # short: Ray's socket paths must stay under 107 bytes
     env.update(MLOPS_RAY_HOME=str(home.root), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
-    yield env, cfg_path, "run-resume", home, Path(ray_tmp)
-    kill_processes_under(ray_tmp)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return env, cfg_path, "run-resume", home, Path(ray_tmp)
 
 
-def _attempts(folder: Path) -> dict[str, list[dict]]:
-    """trial id -> one entry per call of the trainable (the stage's attempt log)."""
-    return {f.stem: [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            for f in folder.glob("*.jsonl")}
+@pytest.fixture(scope="module")
+def pre(tmp_path_factory) -> Path:
+    return write_preprocess(tmp_path_factory.mktemp("pre"), n_train=40_000, width=40)
 
 
-def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tune_run):
+@pytest.fixture()
+def tune_run(tmp_path, pre):
+    run = _new_run(tmp_path, pre)
+    yield run
+    kill_processes_under(str(run[4]))
+    shutil.rmtree(run[4], ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, pre):
+    """(run, finished trial ids, a copy of the experiment folder): `mlops-ray tune` SIGKILLed after 3 of 6 trials."""
     from ray.tune import ExperimentAnalysis
 
-    env, cfg_path, run_id, home, tmp = tune_run
-    mr = str(VENV_BIN / "mlops-ray")
-    proc = subprocess.Popen([mr, "tune", "--config", str(cfg_path), "--run-id", run_id, "-v"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = _new_run(tmp_path_factory.mktemp("killed"), pre)
+    env, cfg_path, run_id, home, tmp = run
+    proc = subprocess.Popen([str(VENV_BIN / "mlops-ray"), "tune", "--config", str(cfg_path), "--run-id", run_id, "-v"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     seen = []
     try:
         deadline = time.monotonic() + 240
@@ -86,12 +96,28 @@ def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tun
     snapshot = {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
     finished = {tid for tid, st in snapshot.items() if st == "TERMINATED"}
     assert 1 <= len(finished) < 6, snapshot
-    calls_before = sum(len(a) for a in _attempts(exp.parent / "attempts").values())
+    assert damaged_state_files(exp) == []  # every state file the kill left reads back
+    copy = tmp_path_factory.mktemp("copy") / exp.parent.name / "experiment"
+    shutil.copytree(exp, copy)
+    yield run, finished, copy
+    kill_processes_under(str(tmp))
+    shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _attempts(folder: Path) -> dict[str, list[dict]]:
+    """trial id -> one entry per call of the trainable (the stage's attempt log)."""
+    return {f.stem: [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            for f in folder.glob("*.jsonl")}
+
+
+def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(killed):
+    (env, cfg_path, run_id, home, tmp), finished, _ = killed
+    mr = str(VENV_BIN / "mlops-ray")
     t_resume = time.time()
     res = subprocess.run([mr, "tune", "--resume", "--config", str(cfg_path), "--run-id", run_id], env=env,
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Failed to restore" not in res.stdout + res.stderr
     record = json.loads((home.run_dir(run_id) / "run.json").read_text())
     out = record["stages"]["tune"]["outputs"]
     assert out["resumed"] is True and out["trials"] == 6 and out["trials_failed"] == 0
@@ -99,8 +125,38 @@ def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tun
     for tid in finished:  # a trial finished before the kill ran exactly once
         assert len(by_trial[tid]) == 1 and by_trial[tid][0]["started"] < t_resume, (tid, by_trial[tid])
     calls_after = sum(1 for a in attempts.values() for x in a if x["started"] >= t_resume)
-    assert calls_after == 6 - len(finished), (calls_after, len(finished), calls_before)
+    assert calls_after == 6 - len(finished), (calls_after, len(finished))
     assert not (home.root / "cache" / "tune" / ".experiments").joinpath(Path(out["path"]).name).exists()
+
+
+def test_a_damaged_experiment_state_is_named_and_the_search_starts_over_keeping_it(killed, tune_run):
+    """A state file emptied by a kill mid-write (what Ray's own copy could leave): `--resume` refuses
+    at once naming the file; a plain run warns, starts the search over and keeps the damaged folder."""
+    _, _, copy = killed
+    env, cfg_path, run_id, home, tmp = tune_run
+    exp = home.root / "cache" / "tune" / ".experiments" / copy.parent.name / "experiment"  # same inputs: same key
+    shutil.copytree(copy, exp)
+    searcher_state = next(exp.glob("searcher-state-*.pkl"))
+    searcher_state.write_bytes(b"")
+    mr = str(VENV_BIN / "mlops-ray")
+    res = subprocess.run([mr, "tune", "--resume", "--config", str(cfg_path), "--run-id", run_id], env=env,
+                         capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "cannot resume the interrupted experiment" in out, out[-3000:]
+    assert f"{searcher_state.name}: empty (0 bytes)" in out and "without --resume" in out
+    assert "retrying" not in out
+
+    res = subprocess.run([mr, "tune", "--config", str(cfg_path), "--run-id", run_id], env=env,
+                         capture_output=True, text=True, timeout=400)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "cannot be continued" in out and searcher_state.name in out
+    assert "Failed to restore" not in out
+    result = json.loads((home.run_dir(run_id) / "run.json").read_text())["stages"]["tune"]["outputs"]
+    assert result["resumed"] is False and result["trials"] == 6 and result["trials_failed"] == 0
+    kept = Path(result["path"]) / "damaged_experiment"
+    assert (kept / searcher_state.name).stat().st_size == 0
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in copy.iterdir())
 
 
 def test_resume_with_nothing_to_resume_fails_at_once_with_the_reason(tune_run):
