@@ -82,7 +82,6 @@ def test_a_nan_metric_fails_its_trial_with_the_reason_and_is_never_best(sessions
 
 
 def test_a_trial_that_never_reports_the_metric_fails_naming_what_it_reported(sessions, tmp_path):
-    from ray import tune
 
     sessions.ray()
 
