@@ -32,7 +32,7 @@ from mlops_ray.config import TuneConfig
 from mlops_ray.errors import TuneError
 from mlops_ray.home import Home
 from mlops_ray.tune.resources import check_resources
-from mlops_ray.tune.storage import atomic_local_filesystem, damaged_state_files
+from mlops_ray.tune.storage import apply_latest_snapshot, atomic_local_filesystem, damaged_state_files
 from mlops_ray.tune.trial import TrialSettings, report_trial, run_trial, scheduler_milestones, validation_metrics
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,9 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
 
         raise ConfigError(f"nothing to resume: no interrupted experiment for this config and data at {exp_root}. "
                           "Run `mlops-ray tune` (without --resume) to start one.")
+    snapshot = apply_latest_snapshot(exp_root / "state_snapshots", exp_root / "experiment")
+    if snapshot is not None:
+        logger.info("tune: the interrupted experiment's state is its last consistent save (%s)", snapshot)
     damaged = damaged_state_files(exp_root / "experiment") if (exp_root / "experiment").is_dir() else []
     if resume and damaged:
         from mlops_ray.errors import ConfigError
@@ -219,7 +222,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         from ray import tune
 
         from mlops_ray import preprocess as pre
-        from mlops_ray.tune.progress import TrialProgress
+        from mlops_ray.tune.progress import StateSnapshot, TrialProgress
 
         ray = ray_session()
         check_resources(ray.nodes(), cfg.cpus_per_trial, cfg.gpus_per_trial)
@@ -257,6 +260,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
         else:
             shutil.rmtree(exp_path, ignore_errors=True)
             shutil.rmtree(exp_root / "attempts", ignore_errors=True)
+            shutil.rmtree(exp_root / "state_snapshots", ignore_errors=True)
             search, scheduler, param_space, num_samples = _search_and_scheduler(cfg)
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
@@ -264,7 +268,7 @@ def run_tune(cfg: TuneConfig, ray_session, preprocess_path: str, preprocess_key:
                                             search_alg=search, scheduler=scheduler, reuse_actors=cfg.reuse_actors),
                 run_config=tune.RunConfig(
                     name="experiment", storage_path=str(exp_root), storage_filesystem=fs, verbose=0,
-                    callbacks=[TrialProgress(total)],
+                    callbacks=[TrialProgress(total), StateSnapshot(str(exp_root / "state_snapshots"))],
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         grid = tuner.fit()

@@ -1,29 +1,41 @@
-"""Where a Tune experiment keeps its state, written so that a killed process never leaves a half-written file.
+"""Where a Tune experiment keeps its state, so that a killed driver can always be continued.
 
-Ray Tune writes the experiment state (trial statuses, the searcher's and callbacks' pickles)
-to a staging folder on the driver and copies it to the experiment folder every few seconds
-from a background thread (``pyarrow.fs.copy_files``). That copy truncates each destination
-file, then writes it: a driver killed in between (``kill -9``, a lost machine) leaves an
-empty or partial ``searcher-state-*.pkl`` or ``experiment_state-*.json``. ``Tuner.restore``
-then fails on it ("Failed to restore the run state. EOFError: Ran out of input"), logs it
-and carries on with a half-restored searcher whose concurrency limiter still counts the
-dead run's trials, so the continued experiment waits forever (seen in CI: a 400-s timeout).
+Ray Tune's driver saves the experiment state (``experiment_state-*.json``: every trial and its
+status; ``searcher-state-*.pkl`` / ``search_gen_state-*.json``: what the searcher suggested
+and its concurrency limiter's live trials) to a staging folder, then copies that folder into
+the experiment folder from a background thread (``pyarrow.fs.copy_files``). A driver killed
+during that copy (``kill -9``, a lost machine) leaves two kinds of damage, both seen in CI:
 
-Two defences, both used by :func:`mlops_ray.tune.run_tune`:
+* a truncated file: the copy truncates each file, then writes it. An empty
+  ``searcher-state-*.pkl`` made ``Tuner.restore`` log "Failed to restore the run state.
+  EOFError: Ran out of input" and carry on half-restored: the run then waited forever (a
+  400-s timeout).
+* files from two different saves: the searcher's state already counted a 4th trial that the
+  copied ``experiment_state`` did not list; the restored experiment finished with 5 trials of 6
+  (the searcher believed one more had been suggested) and its concurrency limiter kept a slot
+  for a trial that no longer existed.
 
-* :func:`atomic_local_filesystem`: the experiment folder's filesystem for Tune
-  (``RunConfig(storage_filesystem=...)``): every file is written to a temporary name beside
-  it and renamed over the old one on close (``os.replace``, atomic on POSIX), so a reader
-  sees the old file or the new one, never a mix. Not fsync'ed: it guards against a killed
-  process, not a power cut.
-* :func:`damaged_state_files`: checks every state file of an interrupted experiment before it
-  is continued (experiments written before this module, or damaged by other means).
+The defences, all used by :func:`mlops_ray.tune.run_tune`:
+
+* :func:`atomic_local_filesystem`: Tune's ``storage_filesystem`` for the experiment folder:
+  every file is written under a temporary name and renamed over the old one on close
+  (``os.replace``, atomic on POSIX), so a reader sees the old file or the new one, never a
+  part. Not fsync'ed: it guards against a killed process, not a power cut.
+* :class:`mlops_ray.tune.progress.StateSnapshot`: a Tune callback that, each time the driver saves its state (Tune
+  asks callbacks for their state right after the trial list and the searcher are written),
+  copies those files into a new numbered folder of ``state_snapshots/``, made visible by one
+  rename: every snapshot is one consistent save. :func:`apply_latest_snapshot` puts the newest
+  back into the experiment folder before it is continued.
+* :func:`damaged_state_files`: reads every state file back before the experiment is continued
+  (experiments written before this module, or damaged some other way).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -182,3 +194,60 @@ def damaged_state_files(exp_path: Path) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - whatever stops us reading it stops Tuner.restore too
             problems.append(f"{p.name}: unreadable ({size} bytes; {type(exc).__name__}: {exc})")
     return problems
+
+
+#: The experiment-level state files Tune writes on each save and reads on restore (``CKPT_FILE_TMPL`` of
+#: ``TuneController``, ``Searcher``, ``SearchGenerator``, ``BasicVariantGenerator`` and ``CallbackList``).
+STATE_FILE_PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
+                       "basic-variant-state-*.json", "callback-states-*.pkl")
+
+
+def _is_state_file(name: str) -> bool:
+    return not name.startswith(".") and any(fnmatch.fnmatch(name, p) for p in STATE_FILE_PATTERNS)
+
+
+def take_snapshot(staging: Path, folder: Path, keep: int = 2) -> Path | None:
+    """Copy the state files of ``staging`` into ``folder/<n+1>/`` (one rename makes it visible); keep the newest ``keep``.
+
+    Returns:
+        The new snapshot folder, or None when ``staging`` holds no ``experiment_state-*.json`` yet.
+    """
+    files = [f for f in staging.iterdir() if f.is_file() and _is_state_file(f.name)] if staging.is_dir() else []
+    if not any(f.name.startswith("experiment_state-") for f in files):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    done = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    seq = done[-1] + 1 if done else 1
+    tmp = folder / f".tmp-{seq:08d}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    for f in files:
+        shutil.copy2(f, tmp / f.name)  # copy2: keeps modification times
+    final = folder / f"{seq:08d}"
+    os.rename(tmp, final)
+    for old in done[:max(0, len(done) - keep + 1)]:
+        shutil.rmtree(folder / f"{old:08d}", ignore_errors=True)
+    for left in folder.glob(".tmp-*"):  # from a kill mid-snapshot
+        if left != tmp:
+            shutil.rmtree(left, ignore_errors=True)
+    return final
+
+
+def apply_latest_snapshot(folder: Path, exp_path: Path) -> Path | None:
+    """Replace the state files of ``exp_path`` by the newest complete snapshot in ``folder``.
+
+    Trial folders and checkpoints are left as they are: a snapshot's trials point at
+    checkpoints the trials had already written to the experiment folder.
+
+    Returns:
+        The snapshot used, or None (no snapshot: ``exp_path`` is left untouched).
+    """
+    done = sorted(p for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    if not done or not exp_path.is_dir():
+        return None
+    latest = done[-1]
+    for f in exp_path.iterdir():
+        if f.is_file() and (_is_state_file(f.name) or TMP_MARK in f.name):
+            f.unlink()
+    for f in latest.iterdir():
+        shutil.copy2(f, exp_path / f.name)
+    return latest

@@ -93,15 +93,31 @@ def killed(tmp_path_factory, pre):
         kill_processes_under(str(tmp))
     assert any("trial 3/6" in line for line in seen), "".join(seen[-40:])
     exp = next((home.root / "cache" / "tune" / ".experiments").glob("*/experiment"))
-    snapshot = {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
-    finished = {tid for tid, st in snapshot.items() if st == "TERMINATED"}
-    assert 1 <= len(finished) < 6, snapshot
+    assert ExperimentAnalysis(str(exp)).trials  # Ray's own copy of the state reads back
     assert damaged_state_files(exp) == []  # every state file the kill left reads back
+    snapshots = sorted((exp.parent / "state_snapshots").iterdir())
+    assert snapshots and all(p.name.isdigit() for p in snapshots), snapshots
+    status, counter, live = _saved_state(snapshots[-1])  # one save: the searcher agrees with the trial list
+    assert counter == len(status) and live <= set(status), (status, counter, live)
+    finished = {tid for tid, st in status.items() if st == "TERMINATED"}  # what the resume continues from
+    assert 1 <= len(finished) < 6, status
     copy = tmp_path_factory.mktemp("copy") / exp.parent.name / "experiment"
     shutil.copytree(exp, copy)
     yield run, finished, copy
     kill_processes_under(str(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _saved_state(folder: Path) -> tuple[dict[str, str], int, set[str]]:
+    """(trial id -> status in the experiment state, trials the search generator counts, its limiter's live trials)."""
+    import cloudpickle
+
+    state = json.loads(max(folder.glob("experiment_state-*.json")).read_text())
+    trials = [json.loads(t) if isinstance(t, str) else t for t, _ in state["trial_data"]]
+    trial_ids = {t["trial_id"]: t["status"] for t in trials}
+    with max(folder.glob("search_gen_state-*.json")).open("rb") as f:
+        gen = cloudpickle.load(f)
+    return trial_ids, gen["counter"], set(gen["name:ConcurrencyLimiter"]["live_trials"])
 
 
 def _attempts(folder: Path) -> dict[str, list[dict]]:

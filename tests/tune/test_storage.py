@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from mlops_ray.tune.storage import TMP_MARK, atomic_local_filesystem, damaged_state_files
+from mlops_ray.tune.storage import (TMP_MARK, apply_latest_snapshot, atomic_local_filesystem, damaged_state_files,
+                                    take_snapshot)
 
 KILLED_MID_WRITE = """
 import os, signal, sys
@@ -82,3 +83,36 @@ def test_damaged_state_files_names_each_unreadable_file_and_why(tmp_path):
     assert found[2] == "searcher-state-a.pkl: empty (0 bytes)"
     assert len(found) == 3
     assert not list(tmp_path.glob(f"*{TMP_MARK}*"))  # leftovers removed; the file beside them is whole
+
+
+def _staging(path: Path, session: str, trials: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": list(range(trials))}))
+    (path / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": trials}))
+    (path / "trainable_0").mkdir(exist_ok=True)  # trial folders are not state files
+    (path / ".0f-tmp-searcher-state-x.pkl").write_bytes(b"Ray's own temporary file")
+    return path
+
+
+def test_snapshots_are_numbered_whole_saves_and_the_newest_replaces_the_experiments_state(tmp_path):
+    staging, folder, exp = tmp_path / "staging", tmp_path / "state_snapshots", tmp_path / "experiment"
+    assert take_snapshot(tmp_path / "nothing", folder) is None
+    for trials in (1, 2, 3):
+        take_snapshot(_staging(staging, "s1", trials), folder)
+    (folder / ".tmp-00000004-dead").mkdir()  # a kill mid-snapshot
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-00000004-dead", "00000002", "00000003"]
+    take_snapshot(_staging(staging, "s1", 4), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["00000003", "00000004"]
+    assert sorted(p.name for p in (folder / "00000004").iterdir()) == ["experiment_state-s1.json",
+                                                                       "search_gen_state-s1.json"]
+
+    _staging(exp, "s1", 6)  # the experiment folder got a later, partial copy
+    (exp / "experiment_state-s0.json").write_text("{}")  # an older session's file, not in the snapshot
+    (exp / f"searcher-state-s1.pkl{TMP_MARK}ab").write_bytes(b"")
+    (exp / "tuner.pkl").write_bytes(b"kept")
+    assert apply_latest_snapshot(folder, exp) == folder / "00000004"
+    assert json.loads((exp / "experiment_state-s1.json").read_text()) == {"trial_data": [0, 1, 2, 3]}
+    assert pickle.loads((exp / "search_gen_state-s1.json").read_bytes()) == {"counter": 4}
+    assert sorted(p.name for p in exp.iterdir()) == [".0f-tmp-searcher-state-x.pkl", "experiment_state-s1.json",
+                                                     "search_gen_state-s1.json", "trainable_0", "tuner.pkl"]
+    assert apply_latest_snapshot(tmp_path / "none", exp) is None
