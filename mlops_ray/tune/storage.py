@@ -159,8 +159,8 @@ def damaged_state_files(exp_path: Path) -> list[str]:
     """Every experiment-state file of ``exp_path`` that cannot be read back, with the reason.
 
     Checks the top-level files ``Tuner.restore`` reads: ``experiment_state-*.json`` (parsed as
-    JSON), the searcher, search-generator and callback states ``*.pkl`` (unpickled, so the
-    classes they name must import) and ``tuner.pkl`` (only that it is not empty: it holds the
+    JSON), the other :data:`STATE_FILE_PATTERNS` (the searcher, search-generator, basic-variant and
+    callback states: pickles, even those named ``*.json``; unpickled, so the classes they name must import) and ``tuner.pkl`` (only that it is not empty: it holds the
     trainable, whose unpickling needs Ray). Leftover temporary files of
     :class:`AtomicLocalHandler` (from a kill mid-write; the old file is intact beside them)
     are removed.
@@ -177,7 +177,7 @@ def damaged_state_files(exp_path: Path) -> list[str]:
         if TMP_MARK in p.name:
             p.unlink(missing_ok=True)
             continue
-        if not (p.suffix == ".pkl" or (p.suffix == ".json" and p.name.startswith("experiment_state"))):
+        if not (_is_state_file(p.name) or p.name == "tuner.pkl"):
             continue
         size = p.stat().st_size
         if size == 0:
@@ -186,7 +186,7 @@ def damaged_state_files(exp_path: Path) -> list[str]:
         if p.name == "tuner.pkl":
             continue
         try:
-            if p.suffix == ".json":
+            if p.name.startswith("experiment_state-"):  # the only JSON one: the others are pickles, whatever the suffix
                 json.loads(p.read_text())
             else:
                 with p.open("rb") as f:

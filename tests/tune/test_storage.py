@@ -76,12 +76,14 @@ def test_damaged_state_files_names_each_unreadable_file_and_why(tmp_path):
     (tmp_path / "searcher-state-a.pkl").write_bytes(b"")
     (tmp_path / "callback-states-a.pkl").write_bytes(pickle.dumps(list(range(100)))[:40])
     (tmp_path / "experiment_state-b.json").write_text('{"trial_data": [')
+    (tmp_path / "search_gen_state-b.json").write_bytes(b"")  # a pickle despite its suffix
     (tmp_path / f"search_gen_state-a.pkl{TMP_MARK}0f").write_bytes(b"left by a kill")
     found = damaged_state_files(tmp_path)
     assert found[0].startswith("callback-states-a.pkl: unreadable (40 bytes; ")
     assert found[1].startswith("experiment_state-b.json: unreadable (16 bytes; JSONDecodeError")
-    assert found[2] == "searcher-state-a.pkl: empty (0 bytes)"
-    assert len(found) == 3
+    assert found[2] == "search_gen_state-b.json: empty (0 bytes)"
+    assert found[3] == "searcher-state-a.pkl: empty (0 bytes)"
+    assert len(found) == 4
     assert not list(tmp_path.glob(f"*{TMP_MARK}*"))  # leftovers removed; the file beside them is whole
 
 
